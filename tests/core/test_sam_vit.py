@@ -1,0 +1,249 @@
+"""Tests for SAM's ViT image encoder (``fmseg.models.sam_vit``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from fmseg.models.sam_vit import (
+    Attention,
+    ImageEncoderViT,
+    relative_position_table,
+    window_partition,
+    window_unpartition,
+)
+
+VIT_B_PARAMS = 89_670_912
+VIT_B_GLOBAL = (2, 5, 8, 11)
+
+
+def vit_b_expected_shapes() -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the ``image_encoder.*`` tensors of ``sam_vit_b_01ec64.pth``.
+
+    Written out from the public reference (segment_anything/modeling/image_encoder.py with
+    build_sam_vit_b: embed 768, depth 12, heads 12 -> head_dim 64, window 14, global blocks
+    2/5/8/11, 64x64 token grid), prefix ``image_encoder.`` stripped.
+    """
+    shapes: dict[str, tuple[int, ...]] = {
+        "pos_embed": (1, 64, 64, 768),
+        "patch_embed.proj.weight": (768, 3, 16, 16),
+        "patch_embed.proj.bias": (768,),
+    }
+    for i in range(12):
+        rel = 127 if i in VIT_B_GLOBAL else 27  # 2 * 64 - 1 (global) or 2 * 14 - 1 (window)
+        p = f"blocks.{i}."
+        shapes.update(
+            {
+                p + "norm1.weight": (768,),
+                p + "norm1.bias": (768,),
+                p + "attn.rel_pos_h": (rel, 64),
+                p + "attn.rel_pos_w": (rel, 64),
+                p + "attn.qkv.weight": (2304, 768),
+                p + "attn.qkv.bias": (2304,),
+                p + "attn.proj.weight": (768, 768),
+                p + "attn.proj.bias": (768,),
+                p + "norm2.weight": (768,),
+                p + "norm2.bias": (768,),
+                p + "mlp.lin1.weight": (3072, 768),
+                p + "mlp.lin1.bias": (3072,),
+                p + "mlp.lin2.weight": (768, 3072),
+                p + "mlp.lin2.bias": (768,),
+            }
+        )
+    shapes.update(
+        {
+            "neck.0.weight": (256, 768, 1, 1),
+            "neck.1.weight": (256,),
+            "neck.1.bias": (256,),
+            "neck.2.weight": (256, 256, 3, 3),
+            "neck.3.weight": (256,),
+            "neck.3.bias": (256,),
+        }
+    )
+    return shapes
+
+
+def synthetic_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Deterministic random tensors with the given names and shapes."""
+    gen = torch.Generator().manual_seed(0)
+    return {name: torch.randn(shape, generator=gen) for name, shape in shapes.items()}
+
+
+def tiny_encoder(**overrides: object) -> ImageEncoderViT:
+    """A small encoder: 64 px, 4x4 tokens, window 4 with one global block."""
+    kwargs: dict[str, object] = {
+        "img_size": 64,
+        "patch_size": 16,
+        "embed_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "window_size": 4,
+        "global_attn_indexes": (1,),
+        "out_chans": 16,
+    }
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    enc = ImageEncoderViT(**kwargs)  # type: ignore[arg-type]
+    # Non-zero position tables so the relative-position path is exercised.
+    with torch.no_grad():
+        for name, param in enc.named_parameters():
+            if "rel_pos" in name or name == "pos_embed":
+                param.normal_(std=0.1)
+    return enc.eval()
+
+
+def test_vit_b_expected_shapes_param_count() -> None:
+    total = sum(torch.Size(s).numel() for s in vit_b_expected_shapes().values())
+    assert total == VIT_B_PARAMS
+
+
+@pytest.fixture(scope="module")
+def vit_b() -> ImageEncoderViT:
+    return ImageEncoderViT()
+
+
+def test_vit_b_state_dict_layout(vit_b: ImageEncoderViT) -> None:
+    ours = {k: tuple(v.shape) for k, v in vit_b.state_dict().items()}
+    assert ours == vit_b_expected_shapes()
+    assert sum(p.numel() for p in vit_b.parameters()) == VIT_B_PARAMS
+
+
+def test_vit_b_loads_synthetic_checkpoint_strict(vit_b: ImageEncoderViT) -> None:
+    state = synthetic_state_dict(vit_b_expected_shapes())
+    result = vit_b.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    torch.testing.assert_close(vit_b.blocks[5].attn.rel_pos_h, state["blocks.5.attn.rel_pos_h"])
+    torch.testing.assert_close(vit_b.neck[2].weight, state["neck.2.weight"])
+
+
+def test_vit_b_loads_prefixed_checkpoint(vit_b: ImageEncoderViT) -> None:
+    full = {
+        "image_encoder." + k: v for k, v in synthetic_state_dict(vit_b_expected_shapes()).items()
+    }
+    full["mask_decoder.iou_token.weight"] = torch.zeros(1, 256)  # other SAM parts are ignored
+    prefix = "image_encoder."
+    encoder_state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
+    vit_b.load_state_dict(encoder_state, strict=True)
+
+
+def test_vit_b_block_kinds(vit_b: ImageEncoderViT) -> None:
+    windows = [block.window_size for block in vit_b.blocks]
+    assert windows == [0 if i in VIT_B_GLOBAL else 14 for i in range(12)]
+    assert vit_b.blocks[0].norm1.eps == 1e-6
+    assert vit_b.neck[1].eps == 1e-6
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FMSEG_SLOW_TESTS"), reason="~20 s on CPU; set FMSEG_SLOW_TESTS=1"
+)
+def test_vit_b_forward_1024(vit_b: ImageEncoderViT) -> None:
+    with torch.no_grad():
+        out = vit_b.eval()(torch.randn(1, 3, 1024, 1024))
+    assert out.shape == (1, 256, 64, 64)
+
+
+def test_mismatched_shape_names_key() -> None:
+    enc = tiny_encoder()
+    state = enc.state_dict()
+    state["blocks.0.attn.rel_pos_h"] = torch.zeros(5, 16)
+    with pytest.raises(RuntimeError, match=r"blocks\.0\.attn\.rel_pos_h"):
+        enc.load_state_dict(state, strict=True)
+
+
+def test_unexpected_and_missing_keys_named() -> None:
+    enc = tiny_encoder()
+    state = enc.state_dict()
+    state["blocks.0.attn.bogus"] = state.pop("blocks.1.mlp.lin2.bias")
+    with pytest.raises(RuntimeError) as err:
+        enc.load_state_dict(state, strict=True)
+    assert "blocks.0.attn.bogus" in str(err.value)
+    assert "blocks.1.mlp.lin2.bias" in str(err.value)
+
+
+def test_tiny_forward_shape_and_block_kinds() -> None:
+    enc = tiny_encoder()
+    assert [b.window_size for b in enc.blocks] == [4, 0]
+    assert enc.blocks[0].attn.rel_pos_h.shape == (7, 16)  # 2 * window - 1, head_dim 16
+    assert enc.blocks[1].attn.rel_pos_h.shape == (7, 16)  # 2 * grid(4) - 1
+    with torch.no_grad():
+        out = enc(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 16, 4, 4)
+    assert torch.isfinite(out).all()
+
+
+def test_tiny_forward_with_window_padding() -> None:
+    # 96 px / 16 -> 6x6 tokens, window 4 -> padded to 8x8 inside windowed blocks.
+    enc = tiny_encoder(img_size=96, depth=3, global_attn_indexes=(1,))
+    with torch.no_grad():
+        out = enc(torch.randn(2, 3, 96, 96))
+    assert out.shape == (2, 16, 6, 6)
+    assert torch.isfinite(out).all()
+
+
+def test_tiny_forward_batch_independent() -> None:
+    enc = tiny_encoder(img_size=96)
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        full = enc(x)
+        single = enc(x[1:2])
+    torch.testing.assert_close(full[1:2], single, rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_forward_other_resolution() -> None:
+    enc = tiny_encoder()  # pretrained for 64 px; 80x112 px -> 5x7 tokens
+    with torch.no_grad():
+        out = enc(torch.randn(1, 3, 80, 112))
+    assert out.shape == (1, 16, 5, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (6, 9), (3, 3)])
+def test_window_roundtrip(hw: tuple[int, int]) -> None:
+    x = torch.randn(2, *hw, 5)
+    windows, padded = window_partition(x, 4)
+    assert padded == (-(-hw[0] // 4) * 4, -(-hw[1] // 4) * 4)
+    assert windows.shape == (2 * (padded[0] // 4) * (padded[1] // 4), 4, 4, 5)
+    # The first window of the first image is the top-left corner.
+    torch.testing.assert_close(windows[0, : min(4, hw[0]), : min(4, hw[1])], x[0, :4, :4])
+    torch.testing.assert_close(window_unpartition(windows, 4, padded, hw), x)
+
+
+def test_relative_position_table_indexing() -> None:
+    table = torch.arange(7.0)[:, None].repeat(1, 2)  # row r holds value r
+    out = relative_position_table(4, table)
+    assert out.shape == (4, 4, 2)
+    i, j = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    torch.testing.assert_close(out[..., 0], (i - j + 3).float())
+
+
+def naive_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Loop-free but explicit per-position reference of SAM attention on ``(B, H, W, C)``."""
+    b, h, w, c = x.shape
+    nh = attn.num_heads
+    d = c // nh
+    qkv = attn.qkv(x).reshape(b, h * w, 3, nh, d)
+    q, k, v = (qkv[:, :, i].permute(0, 2, 1, 3) for i in range(3))  # (B, nh, N, d)
+    logits = (q @ k.transpose(-1, -2)) * d**-0.5
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    rh = attn.rel_pos_h[ys[:, None] - ys[None, :] + h - 1]  # (N, N, d)
+    rw = attn.rel_pos_w[xs[:, None] - xs[None, :] + w - 1]
+    logits = logits + torch.einsum("bhnd,nmd->bhnm", q, rh) + torch.einsum("bhnd,nmd->bhnm", q, rw)
+    out = logits.softmax(-1) @ v  # (B, nh, N, d)
+    return attn.proj(out.permute(0, 2, 1, 3).reshape(b, h, w, c))
+
+
+def test_attention_matches_naive_reference() -> None:
+    torch.manual_seed(1)
+    attn = Attention(dim=24, num_heads=3, rel_pos_size=(5, 6))
+    with torch.no_grad():
+        attn.rel_pos_h.normal_()
+        attn.rel_pos_w.normal_()
+        x = torch.randn(2, 5, 6, 24)
+        torch.testing.assert_close(attn(x), naive_attention(attn, x), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_global_index_rejected() -> None:
+    with pytest.raises(ValueError, match="global_attn_indexes"):
+        ImageEncoderViT(img_size=64, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(5,))
