@@ -1,0 +1,1 @@
+"""Training and evaluation helpers for click-prompted decoders (never run in CI)."""
