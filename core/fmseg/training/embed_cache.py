@@ -93,7 +93,7 @@ def _range_with_labels(lab: np.ndarray, axis: int, step: int, offset: int = 0) -
 
 
 def training_keys(steps: tuple[int, int] = (2, 3), colin_step: int = 5) -> list[SliceKey]:
-    """Training slices: LiTS ``z < 64`` (3 axes) and Colin27 along 3 axes.
+    """Training slices: LiTS ``z < 64`` (3 axes) and Colin27 along 3 axes (no evaluation slice).
 
     Args:
         steps: LiTS slice step for axial and for coronal/sagittal slices.
@@ -108,8 +108,13 @@ def training_keys(steps: tuple[int, int] = (2, 3), colin_step: int = 5) -> list[
             for i in _range_with_labels(crop, axis, steps[1], 1)
         ]
     _, aal, _ = load_dataset("colin")
+    held = set(evaluation_keys())
     for axis in range(3):
-        keys += [SliceKey("colin", axis, i) for i in _range_with_labels(aal > 0, axis, colin_step)]
+        keys += [
+            k
+            for i in _range_with_labels(aal > 0, axis, colin_step)
+            if (k := SliceKey("colin", axis, i)) not in held
+        ]
     return keys
 
 

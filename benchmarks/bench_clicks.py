@@ -1,0 +1,187 @@
+"""Benchmark click prompts on held-out slices; prints JSON.
+
+Held-out targets (see :mod:`fmseg.training.embed_cache`): LiTS-117 axial slices ``z >= 64``
+(liver; tumour components >= 20 px) and Colin27 axial slices with held-out AAL structures.
+Embeddings come from the cache (``python -m fmseg.training.embed_cache --split eval``).
+
+Protocols, Dice at probability 0.5 in slice pixels, mean over targets:
+
+* ``clicks``: 1 positive click at the object's centre, then corrective clicks (each at the centre
+  of the largest error region), previous logits fed back as mask input; entry ``i`` is after
+  ``i + 1`` clicks.
+* ``box``: the tight ground-truth box, then 0..5 corrective clicks added to the box prompt;
+  entry ``i`` is after ``i`` clicks.
+
+Methods: ``original`` (LiteMedSAM), ``trained`` (litemedsam-points overlay, or ``--weights``) and
+``modelfree`` (the original's box prediction edited by
+:func:`fmseg.training.clicks.refine_with_click`). Usage::
+
+    PYTHONPATH=core python benchmarks/bench_clicks.py [--weights PATH] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmseg.predictor import SamPredictor, SliceEmbedding
+from fmseg.prompts import Box, Prompts
+from fmseg.registry import WEIGHTS_DIR, load_model
+from fmseg.training import clicks as ck
+from fmseg.training.embed_cache import evaluation_keys, load_cached, slice_targets
+from fmseg.weights import WeightsSource, apply_state_dict, load_state_dict
+
+
+class Timer:
+    """Accumulates decode times."""
+
+    def __init__(self) -> None:
+        self.total, self.n = 0.0, 0
+
+    def run(self, predictor: SamPredictor, *args, **kwargs):
+        """Time one ``predictor.predict`` call."""
+        t = time.perf_counter()
+        out = predictor.predict(*args, **kwargs)
+        self.total += time.perf_counter() - t
+        self.n += 1
+        return out
+
+    @property
+    def ms(self) -> float:
+        """Mean milliseconds per decode."""
+        return round(1000 * self.total / max(self.n, 1), 1)
+
+
+def click_session(pred, timer, emb, gt, n_clicks, box=None, mask_input=True) -> list[float]:
+    """Dice after each prompt of a simulated session (box first when given)."""
+    prompts = Prompts(box=box) if box is not None else Prompts((ck.first_click(gt),))
+    out = timer.run(pred, emb, prompts)
+    dices = [ck.dice(out.mask(), gt)]
+    for _ in range(n_clicks):
+        click = ck.error_click(gt, out.mask())
+        if click is not None:
+            prompts = prompts.with_point(click)
+            out = timer.run(pred, emb, prompts, out.low_res_logits if mask_input else None)
+        dices.append(ck.dice(out.mask(), gt))
+    return dices
+
+
+def modelfree_session(prob: np.ndarray, gt: np.ndarray, n_clicks: int) -> list[float]:
+    """Dice of the box prediction edited by ``n_clicks`` model-free corrective clicks."""
+    mask = prob > 0.5
+    dices = [ck.dice(mask, gt)]
+    for _ in range(n_clicks):
+        click = ck.error_click(gt, mask)
+        if click is not None:
+            mask = ck.refine_with_click(prob, mask, click)
+        dices.append(ck.dice(mask, gt))
+    return dices
+
+
+def load_targets(
+    limit: int | None, rng: np.random.Generator
+) -> list[tuple[str, object, np.ndarray]]:
+    """``(group, CachedSlice, gt)`` of every held-out target (``limit`` per group at most)."""
+    out: dict[str, list] = {}
+    for key in evaluation_keys():
+        cs = load_cached(key)
+        for kind, mask in slice_targets(key, cs.label, heldout=True):
+            out.setdefault(kind, []).append((kind, cs, mask))
+    rows = []
+    for items in out.values():
+        if limit and len(items) > limit:
+            items = [items[i] for i in sorted(rng.choice(len(items), limit, replace=False))]
+        rows += items
+    return rows
+
+
+def trained_model(weights: Path):
+    """LiteMedSAM with the overlay at ``weights`` applied."""
+    model = load_model("litemedsam", device="cpu")
+    state = load_state_dict(WeightsSource("file", str(weights), key="model"))
+    apply_state_dict(model, state, strict=False, what="overlay")
+    return model
+
+
+def summarise(results: dict) -> dict:
+    """Means per method, group and protocol, plus whether every click raised the mean."""
+    out = {}
+    for method, groups in results.items():
+        out[method] = {}
+        for group, protos in groups.items():
+            means = {
+                p: [round(float(v), 4) for v in np.mean(np.array(d), axis=0)]
+                for p, d in protos.items()
+            }
+            means["box_monotone"] = bool(np.all(np.diff(means["box"]) > 0))
+            out[method][group] = means
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate all methods; returns the JSON-ready summary."""
+    rng = np.random.default_rng(0)
+    targets = load_targets(args.limit, rng)
+    methods = args.methods.split(",")
+    models = {}
+    if "original" in methods or "modelfree" in methods:
+        models["original"] = load_model("litemedsam", device="cpu")
+    if "trained" in methods and args.weights.is_file():
+        models["trained"] = trained_model(args.weights)
+    results: dict = {m: {} for m in methods if m in models or m == "modelfree"}
+    timers = {m: Timer() for m in models}
+    for group, cs, gt in targets:
+        emb = SliceEmbedding(cs.features.float(), cs.frame)
+        box = Box.from_mask(gt)
+        for name, model in models.items():
+            pred = SamPredictor(model)
+            if name == "original" and "modelfree" in results:
+                prob = pred.predict(emb, Prompts(box=box)).prob
+                mf = results["modelfree"].setdefault(group, {"box": []})
+                mf["box"].append(modelfree_session(prob, gt, args.clicks))
+            if name not in results:
+                continue
+            res = results[name].setdefault(group, {"clicks": [], "box": []})
+            res["clicks"].append(
+                click_session(
+                    pred, timers[name], emb, gt, args.clicks - 1, mask_input=not args.no_mask_input
+                )
+            )
+            res["box"].append(
+                click_session(
+                    pred, timers[name], emb, gt, args.clicks, box, mask_input=not args.no_mask_input
+                )
+            )
+    summary = summarise(results)
+    summary["n_targets"] = {g: sum(t[0] == g for t in targets) for g in {t[0] for t in targets}}
+    summary["decode_ms"] = {m: t.ms for m, t in timers.items() if t.n}
+    summary["weights"] = str(args.weights) if "trained" in models else None
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse options, run, print JSON (and write it to ``--out`` when given)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "litemedsam_points.pt")
+    p.add_argument("--methods", default="original,trained,modelfree", help="comma-separated")
+    p.add_argument("--clicks", type=int, default=5, help="corrective clicks after the box")
+    p.add_argument("--limit", type=int, default=None, help="targets per group at most")
+    p.add_argument("--no-mask-input", action="store_true", help="do not feed logits back")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    summary = run(args)
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

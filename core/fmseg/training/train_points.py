@@ -1,0 +1,279 @@
+"""Fine-tune LiteMedSAM's prompt encoder and mask decoder for clicks, on cached embeddings.
+
+The image encoder stays frozen: training reads the embeddings cached by
+:mod:`fmseg.training.embed_cache` (training split only). Every step draws one prompt mode for
+the whole batch, SAM-style:
+
+* ``box``: the ground-truth box with 0-5 px random jitter per side;
+* ``clicks``: 1-3 clicks, the first positive inside the object, the next ones corrective clicks
+  simulated on the model's own previous prediction;
+* ``box+clicks``: a box and 1-5 corrective clicks simulated on the box prediction (iteratively
+  for the first two rounds, then several at once from the largest error regions).
+
+For the iterative modes the previous low-resolution logits are fed back as mask input in half of
+the steps. Loss: BCE + soft Dice on the 256x256 low-resolution logits, plus the MSE of the IoU
+head. Usage (not run in CI)::
+
+    python -m fmseg.training.embed_cache
+    python -m fmseg.training.train_points --minutes 22
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..prompts import Box, Point
+from . import clicks as ck
+from .embed_cache import CACHE_DIR, load_cached, slice_targets, training_keys
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "litemedsam_points.pt"
+PARTS = ("prompt_encoder.", "mask_decoder.")
+MODES = ("box", "clicks", "box+clicks")
+LOW = 256
+
+
+@dataclass(frozen=True)
+class Target:
+    """One training target in the model frame.
+
+    Attributes:
+        slice_id: Index into the list of cached embeddings.
+        gt: ``(256, 256)`` bool mask in the padded low-resolution model frame.
+        box: ``(4,)`` tight xyxy box in slice pixels.
+        scale: ``(sx, sy)`` model pixels per slice pixel.
+        shape: ``(H, W)`` of the slice.
+        group: ``"liver"``, ``"tumour"`` or ``"aal"``.
+    """
+
+    slice_id: int
+    gt: np.ndarray
+    box: np.ndarray
+    scale: tuple[float, float]
+    shape: tuple[int, int]
+    group: str
+
+
+def load_training_set(root: Path = CACHE_DIR) -> tuple[torch.Tensor, dict[str, list[Target]]]:
+    """Cached ``(N, 256, 64, 64)`` fp16 embeddings and the targets on them, by group."""
+    feats, groups = [], {"liver": [], "tumour": [], "aal": []}
+    for key in training_keys():
+        try:
+            cs = load_cached(key, root)
+        except FileNotFoundError:
+            continue
+        for kind, mask in slice_targets(key, cs.label, heldout=False):
+            gt = cs.frame.mask_to_model(mask, LOW)[0, 0].numpy() > 0
+            if not gt.any():
+                continue
+            b = Box.from_mask(mask)
+            groups[kind].append(
+                Target(
+                    len(feats),
+                    gt,
+                    np.array([b.x0, b.y0, b.x1, b.y1]),
+                    cs.frame.scale_xy,
+                    cs.label.shape,
+                    kind,
+                )
+            )
+        feats.append(cs.features[0])
+    return torch.stack(feats), groups
+
+
+def jittered_box(t: Target, rng: np.random.Generator, max_px: float = 5.0) -> np.ndarray:
+    """``(4,)`` model-frame box: the target's box, each side moved outwards or in by 0-5 px."""
+    b = t.box + rng.uniform(-max_px, max_px, 4) * (rng.random() < 0.8)
+    h, w = t.shape
+    b = np.clip(b, 0, [w - 1, h - 1, w - 1, h - 1])
+    x0, x1 = sorted((b[0], b[2]))
+    y0, y1 = sorted((b[1], b[3]))
+    sx, sy = t.scale
+    return np.array([x0 * sx, y0 * sy, max(x1, x0 + 1) * sx, max(y1, y0 + 1) * sy], np.float32)
+
+
+def points_tensor(clicks: list[list[Point]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample click lists -> ``(B, N, 2)`` xy and ``(B, N)`` labels, padded with -1."""
+    n = max(1, max(len(c) for c in clicks))
+    xy = torch.zeros(len(clicks), n, 2)
+    lab = torch.full((len(clicks), n), -1, dtype=torch.long)
+    for i, cl in enumerate(clicks):
+        for j, p in enumerate(cl):
+            xy[i, j] = torch.tensor([p.x, p.y])
+            lab[i, j] = int(p.positive)
+    return xy, lab
+
+
+def predicted_masks(logits: torch.Tensor, targets: list[Target]) -> list[np.ndarray]:
+    """``(B, 1, 256, 256)`` logits -> boolean masks with the padding area cleared."""
+    out = []
+    for lg, t in zip(logits[:, 0].numpy() > 0, targets, strict=True):
+        m = np.zeros_like(lg)
+        h, w = round(t.shape[0] * t.scale[1]), round(t.shape[1] * t.scale[0])
+        m[:h, :w] = lg[:h, :w]
+        out.append(m)
+    return out
+
+
+def simulate_prompts(model, feats, targets, mode, k, use_mask, rng):
+    """Prompts for the final (gradient) forward of one step.
+
+    Returns:
+        ``points`` (``(B, N, 2)``, ``(B, N)``) or None, ``boxes`` ``(B, 4)`` or None and
+        ``mask_in`` ``(B, 1, 256, 256)`` or None.
+    """
+    boxes = None
+    if mode != "clicks":
+        boxes = torch.from_numpy(np.stack([jittered_box(t, rng) for t in targets]))
+    if mode == "box":
+        return None, boxes, None
+    if mode == "clicks":
+        first = ck.random_interior_click if rng.random() < 0.5 else None
+        clicks = [[first(t.gt, rng) if first else ck.first_click(t.gt)] for t in targets]
+        rounds = [1] * (k - 1)
+    else:
+        clicks = [[] for _ in targets]
+        rounds = [1] * min(k - 1, 1) + [k - min(k - 1, 1)]
+    logits = None
+    for n_new in rounds:
+        pts = points_tensor(clicks) if any(clicks) else None
+        mask_in = logits if use_mask else None
+        with torch.no_grad():
+            logits = model.decode(feats, pts, boxes, mask_in)[0]
+        for cl, t, pred in zip(clicks, targets, predicted_masks(logits, targets), strict=True):
+            cl += ck.error_clicks(t.gt, pred, n_new)
+    mask_in = logits if (use_mask and logits is not None) else None
+    return points_tensor(clicks), boxes, mask_in
+
+
+def loss_fn(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor):
+    """BCE + soft Dice on ``(B, 1, S, S)`` logits, + MSE of the ``(B, 1)`` IoU head.
+
+    Returns:
+        The scalar loss and the ``(B,)`` hard Dice.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, gt)
+    p = torch.sigmoid(logits).flatten(1)
+    g = gt.flatten(1)
+    soft = 1 - (2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)
+    hard = (logits > 0).float().flatten(1)
+    inter = (hard * g).sum(1)
+    iou = inter / ((hard + g).clamp(max=1).sum(1) + 1e-6)
+    dice = 2 * inter / (hard.sum(1) + g.sum(1) + 1e-6)
+    return bce + soft.mean() + F.mse_loss(iou_pred[:, 0], iou), dice
+
+
+def sample_batch(
+    groups: dict[str, list[Target]], size: int, rng: np.random.Generator, weights: dict[str, float]
+) -> list[Target]:
+    """``size`` targets, the group of each drawn with ``weights``."""
+    names = [g for g in weights if groups[g]]
+    p = np.array([weights[g] for g in names])
+    picks = rng.choice(len(names), size=size, p=p / p.sum())
+    return [groups[names[i]][rng.integers(len(groups[names[i]]))] for i in picks]
+
+
+def save_overlay(model: torch.nn.Module, path: Path, meta: dict) -> None:
+    """Write the fp16 prompt-encoder/mask-decoder tensors as ``{"model": ..., "meta": ...}``."""
+    state = {
+        k: v.detach().half().clone() for k, v in model.state_dict().items() if k.startswith(PARTS)
+    }
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save({"model": state, "meta": meta}, tmp)
+    tmp.replace(path)
+
+
+def lr_at(frac: float, step: int, lr: float, min_lr: float, warmup: int = 15) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay by elapsed-time fraction."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description="Train LiteMedSAM's decoder for clicks.")
+    p.add_argument("--minutes", type=float, default=22.0, help="wall-clock training budget")
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--min-lr", type=float, default=2e-5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--mode-probs",
+        type=float,
+        nargs=3,
+        default=(0.25, 0.35, 0.4),
+        help="probabilities of box, clicks, box+clicks steps",
+    )
+    p.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--out", type=Path, default=WEIGHTS)
+    p.add_argument("--log", type=Path, default=CACHE_DIR.parent / "train_points.jsonl")
+    return p.parse_args(argv)
+
+
+def train_step(model, opt, feats_all, groups, args, rng) -> dict:
+    """One optimisation step; returns its mode, loss and mean Dice."""
+    mode = MODES[rng.choice(3, p=np.array(args.mode_probs) / sum(args.mode_probs))]
+    k = 0 if mode == "box" else int(rng.integers(1, 4 if mode == "clicks" else 6))
+    targets = sample_batch(groups, args.batch, rng, {"liver": 0.25, "tumour": 0.25, "aal": 0.5})
+    feats = feats_all[[t.slice_id for t in targets]].float()
+    gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32))
+    use_mask = mode != "box" and rng.random() < 0.5
+    pts, boxes, mask_in = simulate_prompts(model, feats, targets, mode, k, use_mask, rng)
+    logits, iou = model.decode(feats, pts, boxes, mask_in)
+    loss, dice = loss_fn(logits, iou, gt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+    opt.step()
+    return {"mode": f"{mode}{k or ''}", "loss": float(loss.detach()), "dice": float(dice.mean())}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train, checkpointing the overlay every ``--ckpt-every`` seconds and at the end."""
+    from ..registry import load_model
+
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    feats_all, groups = load_training_set()
+    counts = {g: len(v) for g, v in groups.items()}
+    print(f"{len(feats_all)} slices; targets: {counts}", flush=True)
+    model = load_model("litemedsam", device="cpu").train()
+    model.image_encoder.requires_grad_(False)
+    params = [p for n, p in model.named_parameters() if n.startswith(PARTS)]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    t0 = last_ckpt = time.perf_counter()
+    step, log = 0, open(args.log, "a")
+    while step < args.max_steps and (elapsed := time.perf_counter() - t0) < args.minutes * 60:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(elapsed / (args.minutes * 60), step, args.lr, args.min_lr)
+        rec = train_step(model, opt, feats_all, groups, args, rng) | {
+            "step": step,
+            "t": round(elapsed, 1),
+        }
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        step += 1
+        if time.perf_counter() - last_ckpt > args.ckpt_every:
+            save_overlay(model, args.out, {"steps": step, "seconds": round(elapsed)})
+            last_ckpt = time.perf_counter()
+            print(f"step {step} t={elapsed:.0f}s checkpoint", flush=True)
+    elapsed = time.perf_counter() - t0
+    save_overlay(model, args.out, {"steps": step, "seconds": round(elapsed), "args": str(args)})
+    print(f"done: {step} steps in {elapsed:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
