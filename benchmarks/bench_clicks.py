@@ -12,9 +12,10 @@ Protocols, Dice at probability 0.5 in slice pixels, mean over targets:
 * ``box``: the tight ground-truth box, then 0..5 corrective clicks added to the box prompt;
   entry ``i`` is after ``i`` clicks.
 
-Methods: ``original`` (LiteMedSAM), ``trained`` (litemedsam-points overlay, or ``--weights``) and
-``modelfree`` (the original's box prediction edited by
-:func:`fmseg.training.clicks.refine_with_click`). Usage::
+Methods: ``original`` (LiteMedSAM), ``trained`` (litemedsam-points overlay, or ``--weights``),
+``modelfree`` (the original's prediction from the box, or from the first click, edited by
+:func:`fmseg.training.clicks.refine_with_click` for every further click) and
+``modelfree_trained`` (the same on the trained model's prediction). Usage::
 
     PYTHONPATH=core python benchmarks/bench_clicks.py [--weights PATH] [--limit N]
 """
@@ -35,6 +36,13 @@ from fmseg.registry import WEIGHTS_DIR, load_model
 from fmseg.training import clicks as ck
 from fmseg.training.embed_cache import evaluation_keys, load_cached, slice_targets
 from fmseg.weights import WeightsSource, apply_state_dict, load_state_dict
+
+BASE = {
+    "original": "original",
+    "trained": "trained",
+    "modelfree": "original",
+    "modelfree_trained": "trained",
+}
 
 
 class Timer:
@@ -123,44 +131,43 @@ def summarise(results: dict) -> dict:
     return out
 
 
+def sessions(method: str, pred: SamPredictor, timer: Timer, emb, gt, args) -> dict:
+    """Dice lists of one target under both protocols for one method."""
+    feed = not args.no_mask_input
+    if method.startswith("modelfree"):
+        first = pred.predict(emb, Prompts((ck.first_click(gt),))).prob
+        prob = pred.predict(emb, Prompts(box=Box.from_mask(gt))).prob
+        return {
+            "clicks": modelfree_session(first, gt, args.clicks - 1),
+            "box": modelfree_session(prob, gt, args.clicks),
+        }
+    return {
+        "clicks": click_session(pred, timer, emb, gt, args.clicks - 1, mask_input=feed),
+        "box": click_session(pred, timer, emb, gt, args.clicks, Box.from_mask(gt), feed),
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     """Evaluate all methods; returns the JSON-ready summary."""
-    rng = np.random.default_rng(0)
-    targets = load_targets(args.limit, rng)
+    targets = load_targets(args.limit, np.random.default_rng(0))
     methods = args.methods.split(",")
-    models = {}
-    if "original" in methods or "modelfree" in methods:
-        models["original"] = load_model("litemedsam", device="cpu")
-    if "trained" in methods and args.weights.is_file():
-        models["trained"] = trained_model(args.weights)
-    results: dict = {m: {} for m in methods if m in models or m == "modelfree"}
-    timers = {m: Timer() for m in models}
+    predictors = {}
+    if any(BASE[m] == "original" for m in methods):
+        predictors["original"] = SamPredictor(load_model("litemedsam", device="cpu"))
+    if any(BASE[m] == "trained" for m in methods):
+        predictors["trained"] = SamPredictor(trained_model(args.weights))
+    results: dict = {m: {} for m in methods}
+    timers = {m: Timer() for m in methods}
     for group, cs, gt in targets:
         emb = SliceEmbedding(cs.features.float(), cs.frame)
-        box = Box.from_mask(gt)
-        for name, model in models.items():
-            pred = SamPredictor(model)
-            if name == "original" and "modelfree" in results:
-                prob = pred.predict(emb, Prompts(box=box)).prob
-                mf = results["modelfree"].setdefault(group, {"box": []})
-                mf["box"].append(modelfree_session(prob, gt, args.clicks))
-            if name not in results:
-                continue
-            res = results[name].setdefault(group, {"clicks": [], "box": []})
-            res["clicks"].append(
-                click_session(
-                    pred, timers[name], emb, gt, args.clicks - 1, mask_input=not args.no_mask_input
-                )
-            )
-            res["box"].append(
-                click_session(
-                    pred, timers[name], emb, gt, args.clicks, box, mask_input=not args.no_mask_input
-                )
-            )
+        for m in methods:
+            res = sessions(m, predictors[BASE[m]], timers[m], emb, gt, args)
+            for proto, dices in res.items():
+                results[m].setdefault(group, {}).setdefault(proto, []).append(dices)
     summary = summarise(results)
     summary["n_targets"] = {g: sum(t[0] == g for t in targets) for g in {t[0] for t in targets}}
     summary["decode_ms"] = {m: t.ms for m, t in timers.items() if t.n}
-    summary["weights"] = str(args.weights) if "trained" in models else None
+    summary["weights"] = str(args.weights) if "trained" in predictors else None
     return summary
 
 
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse options, run, print JSON (and write it to ``--out`` when given)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "litemedsam_points.pt")
-    p.add_argument("--methods", default="original,trained,modelfree", help="comma-separated")
+    p.add_argument("--methods", default=",".join(BASE), help="comma-separated")
     p.add_argument("--clicks", type=int, default=5, help="corrective clicks after the box")
     p.add_argument("--limit", type=int, default=None, help="targets per group at most")
     p.add_argument("--no-mask-input", action="store_true", help="do not feed logits back")

@@ -7,12 +7,12 @@ the whole batch, SAM-style:
 * ``box``: the ground-truth box with 0-5 px random jitter per side;
 * ``clicks``: 1-3 clicks, the first positive inside the object, the next ones corrective clicks
   simulated on the model's own previous prediction;
-* ``box+clicks``: a box and 1-5 corrective clicks simulated on the box prediction (iteratively
-  for the first two rounds, then several at once from the largest error regions).
+* ``box+clicks``: a box and 1-5 corrective clicks, simulated one at a time on the model's
+  prediction from the box and the clicks so far.
 
-For the iterative modes the previous low-resolution logits are fed back as mask input in half of
-the steps. Loss: BCE + soft Dice on the 256x256 low-resolution logits, plus the MSE of the IoU
-head. Usage (not run in CI)::
+For the iterative modes the previous low-resolution logits are fed back as mask input with
+probability ``--mask-prob``. Loss: BCE + soft Dice on the 256x256 low-resolution logits, plus
+the MSE of the IoU head. Usage (not run in CI)::
 
     python -m fmseg.training.embed_cache
     python -m fmseg.training.train_points --minutes 22
@@ -141,7 +141,7 @@ def simulate_prompts(model, feats, targets, mode, k, use_mask, rng):
         rounds = [1] * (k - 1)
     else:
         clicks = [[] for _ in targets]
-        rounds = [1] * min(k - 1, 1) + [k - min(k - 1, 1)]
+        rounds = [1] * k
     logits = None
     for n_new in rounds:
         pts = points_tensor(clicks) if any(clicks) else None
@@ -215,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=(0.25, 0.35, 0.4),
         help="probabilities of box, clicks, box+clicks steps",
     )
+    p.add_argument("--mask-prob", type=float, default=0.5, help="feed back previous logits")
+    p.add_argument("--init", type=Path, default=None, help="start from this overlay")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--log", type=Path, default=CACHE_DIR.parent / "train_points.jsonl")
@@ -228,7 +230,7 @@ def train_step(model, opt, feats_all, groups, args, rng) -> dict:
     targets = sample_batch(groups, args.batch, rng, {"liver": 0.25, "tumour": 0.25, "aal": 0.5})
     feats = feats_all[[t.slice_id for t in targets]].float()
     gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32))
-    use_mask = mode != "box" and rng.random() < 0.5
+    use_mask = mode != "box" and rng.random() < args.mask_prob
     pts, boxes, mask_in = simulate_prompts(model, feats, targets, mode, k, use_mask, rng)
     logits, iou = model.decode(feats, pts, boxes, mask_in)
     loss, dice = loss_fn(logits, iou, gt)
@@ -242,6 +244,7 @@ def train_step(model, opt, feats_all, groups, args, rng) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Train, checkpointing the overlay every ``--ckpt-every`` seconds and at the end."""
     from ..registry import load_model
+    from ..weights import WeightsSource, apply_state_dict, load_state_dict
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -251,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     counts = {g: len(v) for g, v in groups.items()}
     print(f"{len(feats_all)} slices; targets: {counts}", flush=True)
     model = load_model("litemedsam", device="cpu").train()
+    if args.init is not None:
+        state = load_state_dict(WeightsSource("file", str(args.init), key="model"))
+        apply_state_dict(model, state, strict=False, what=str(args.init))
     model.image_encoder.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if n.startswith(PARTS)]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
