@@ -200,6 +200,15 @@ class Session:
         idx[axis] = index
         target[tuple(idx)] = value
 
+    def propagate_iter(self, axis: int, index: int, settings=None):
+        """Propagate the working mask of slice ``index`` through the volume (generator).
+
+        See :func:`fmseg.propagation.propagate_iter`.
+        """
+        from .propagation import propagate_iter
+
+        return propagate_iter(self, axis, index, settings)
+
     # -- labels ---------------------------------------------------------------------------
     def commit(self, label: int, overwrite: bool = False) -> int:
         """Write the working mask into :attr:`labels` as ``label``; returns voxels written.
