@@ -150,3 +150,21 @@ def test_save_overlay_holds_only_decoder_parts(tmp_path):
     state = torch.load(path, weights_only=True)["model"]
     assert state and all(k.startswith(PARTS) for k in state)
     assert all(v.dtype == torch.float16 for v in state.values())
+
+
+def test_points_tensor_pads_with_not_a_point():
+    from fmseg.training.train_points import points_tensor
+
+    xy, lab = points_tensor([[Point(1, 2, True)], [Point(3, 4, False), Point(5, 6, True)], []])
+    assert xy.shape == (3, 2, 2) and lab.tolist() == [[1, -1], [0, 1], [-1, -1]]
+    assert xy[1, 1].tolist() == [5.0, 6.0]
+
+
+def test_jittered_box_stays_in_model_frame():
+    from fmseg.training.train_points import Target, jittered_box
+
+    t = Target(0, rect(), np.array([5.0, 10.0, 44.0, 29.0]), (2.0, 2.0), (40, 60), "aal")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        b = jittered_box(t, rng)
+        assert b[0] < b[2] and b[1] < b[3] and b.min() >= 0 and b[2] <= 118 and b[3] <= 78
