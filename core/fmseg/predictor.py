@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .accel import BACKENDS, build_encoder, fuse_for_inference
 from .prompts import PromptError, Prompts
 from .transforms import SliceFrame, prepare_slice
 
@@ -53,12 +54,23 @@ class SamPredictor:
     Args:
         model: A SAM-family model in eval mode.
         normalisation: ``"minmax"`` or ``"imagenet"`` (see :class:`~fmseg.registry.ModelSpec`).
+        encoder_backend: ``"torch"``, ``"onnx"`` or ``"auto"`` (ONNX Runtime on CPU when
+            installed, PyTorch on CUDA); see :func:`fmseg.accel.build_encoder`. Inference runs
+            on fused copies made here and at the first embedding: later changes to ``model``'s
+            weights are not seen (make a new predictor).
     """
 
-    def __init__(self, model: nn.Module, normalisation: str = "minmax") -> None:
+    def __init__(
+        self, model: nn.Module, normalisation: str = "minmax", encoder_backend: str = "auto"
+    ) -> None:
         if normalisation not in ("minmax", "imagenet"):
             raise ValueError(f"unknown normalisation '{normalisation}'")
+        if encoder_backend not in BACKENDS:
+            raise ValueError(f"unknown encoder backend '{encoder_backend}'")
         self.model = model
+        self.encoder_backend = encoder_backend
+        self._encoder = None  # built at the first embedding (an ONNX export may take seconds)
+        self._decoder = fuse_for_inference(model, fuse_encoder=False)
         self.normalisation = normalisation
         self.device = next(model.parameters()).device
         self.size = model.img_size
@@ -85,7 +97,9 @@ class SamPredictor:
     @torch.inference_mode()
     def embed_batch(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(B, 3, S, S)`` inputs -> ``(B, C, h, w)`` embeddings (on the model's device)."""
-        return self.model.image_encoder(inputs.to(self.device))
+        if self._encoder is None:
+            self._encoder = build_encoder(self.model.image_encoder, self.encoder_backend)
+        return self._encoder(inputs.to(self.device)).to(self.device)
 
     def embed(
         self,
@@ -126,6 +140,6 @@ class SamPredictor:
             )
         boxes = None if box is None else torch.from_numpy(box)[None].to(dev)
         masks = None if mask_input is None else mask_input.to(dev)
-        logits, iou = self.model.decode(emb.features, points, boxes, masks)
+        logits, iou = self._decoder.decode(emb.features, points, boxes, masks)
         prob = torch.sigmoid(emb.frame.logits_to_slice(logits.float()))[0, 0]
         return Prediction(prob.cpu().numpy(), logits, float(iou[0, 0]))
