@@ -54,7 +54,7 @@ def test_fused_encoder_equals_original_and_leaves_it_alone(model):
 
 def test_fused_windows_with_padding():
     torch.manual_seed(1)  # grids 20 and 10 with 3x3 windows: padded right and bottom
-    enc = randomise(TinyViT(40, (8, 16, 16, 32), (1, 1, 1, 1), (1, 2, 2, 2), (4, 3, 3, 3)))
+    enc = randomise(TinyViT(40, (8, 16, 16, 32), (1, 1, 1, 1), (1, 2, 2, 2), (4, 3, 3, 3)).eval())
     x = torch.rand(2, 3, 40, 40)
     with torch.no_grad():
         torch.testing.assert_close(fuse_for_inference(enc)(x), enc(x), atol=1e-4, rtol=0)
