@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+
 from fmseg.models.sam_vit import (
     Attention,
     ImageEncoderViT,
