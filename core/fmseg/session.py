@@ -12,6 +12,7 @@ from .predictor import Prediction, SamPredictor, SliceEmbedding
 from .progress import Progress, Work
 from .prompts import Box, Point, Prompts
 from .registry import get_spec, load_model
+from .training.clicks import refine_with_click
 from .transforms import intensity_window
 from .validation import check_label_value, check_volume
 
@@ -170,15 +171,31 @@ class Session:
             self._write_slice(self.mask, axis, index, False)
             self.last.pop(key, None)
             return np.take(self.mask, index, axis=axis)
-        emb = self.embedding(axis, index)
-        predictor = self.predictor
-        if prompts.points and self.point_predictor is not None:
-            predictor = self.point_predictor
-        pred = predictor.predict(emb, prompts)
+        pred, mask = self._decode(self.embedding(axis, index), prompts)
         self.last[key] = pred
-        mask = pred.mask()
         self._write_slice(self.mask, axis, index, mask)
         return mask
+
+    def _decode(self, emb: SliceEmbedding, prompts: Prompts) -> tuple[Prediction, np.ndarray]:
+        """Route prompts to the decoder that measured best (benchmarks/bench_clicks.py).
+
+        Box only: LiteMedSAM. Box + clicks: each click edits the box result through its own
+        probabilities (every click raised mean Dice on held-out liver, tumour and AAL targets).
+        Clicks only: the click-trained decoder, one click at a time with the previous logits
+        as mask prompt, as it was trained.
+        """
+        if prompts.box is not None:
+            pred = self.predictor.predict(emb, Prompts(box=prompts.box))
+            mask = pred.mask()
+            for point in prompts.points:
+                mask = refine_with_click(pred.prob, mask, point)
+            return pred, mask
+        predictor = self.point_predictor or self.predictor
+        pred, logits = None, None
+        for k in range(1, len(prompts.points) + 1):
+            pred = predictor.predict(emb, Prompts(prompts.points[:k]), mask_input=logits)
+            logits = pred.low_res_logits
+        return pred, pred.mask()
 
     def clear_prompts(self, axis: int | None = None, index: int | None = None) -> None:
         """Forget the prompts (and working mask) of one slice, or of all slices."""
