@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -135,9 +133,7 @@ def test_vit_b_block_kinds(vit_b: ImageEncoderViT) -> None:
     assert vit_b.neck[1].eps == 1e-6
 
 
-@pytest.mark.skipif(
-    not os.environ.get("FMSEG_SLOW_TESTS"), reason="~20 s on CPU; set FMSEG_SLOW_TESTS=1"
-)
+@pytest.mark.slow  # ~20 s on CPU
 def test_vit_b_forward_1024(vit_b: ImageEncoderViT) -> None:
     with torch.no_grad():
         out = vit_b.eval()(torch.randn(1, 3, 1024, 1024))
