@@ -258,11 +258,6 @@ def _fuse_children(module: nn.Module, skip: nn.Module | None) -> None:
             _fuse_children(child, skip)
 
 
-def _modules_except(root: nn.Module, skip: nn.Module | None) -> list[nn.Module]:
-    """``root.modules()`` without the subtree of ``skip``."""
-    return [m for m in root.modules() if skip is None or all(m is not s for s in skip.modules())]
-
-
 def is_fusable(module: nn.Module) -> bool:
     """True for a TinyViT encoder or a model whose ``image_encoder`` is one."""
     return isinstance(getattr(module, "image_encoder", module), TinyViT)
@@ -280,7 +275,7 @@ def fuse_for_inference(
 
     Args:
         model: The model (it may be in training mode; the copy is in eval mode).
-        channels_last: TinyViT convolutions in NHWC memory (faster with oneDNN on CPU).
+        channels_last: Feed TinyViT NHWC memory (its oneDNN convolutions are faster so).
         fuse_encoder: Copy and fuse ``model.image_encoder`` too; if False the copy **shares**
             the original encoder (not copied, not modified). Default: only a TinyViT is fused.
     """
@@ -289,15 +284,19 @@ def fuse_for_inference(
     shared = enc if isinstance(enc, nn.Module) and keep else None
     memo = {id(shared): shared} if shared is not None else {}
     fused = copy.deepcopy(model, memo)
-    enc_or_self = getattr(fused, "image_encoder", fused)  # channels-last convs: TinyViT only
     _fuse_children(fused, shared)
-    for m in _modules_except(fused, shared):
+    skip = set() if shared is None else {id(m) for m in shared.modules()}
+    for m in (m for m in fused.modules() if id(m) not in skip):
         m.training = False
         for p in m.parameters(recurse=False):
             p.requires_grad_(False)
-        if channels_last and isinstance(m, nn.Conv2d) and isinstance(enc_or_self, TinyViT):
-            m.weight.data = m.weight.contiguous(memory_format=torch.channels_last)
+        if channels_last and isinstance(m, TinyViT):  # NHWC input: oneDNN convs stay NHWC
+            m.patch_embed.register_forward_pre_hook(_channels_last)
     return fused
+
+
+def _channels_last(module: nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
 
 
 def weights_key(model: nn.Module) -> str:
