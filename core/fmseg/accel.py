@@ -133,34 +133,36 @@ def _tokens_to_image(attn: Attention, q_in, xk, xv, kv=None) -> torch.Tensor:
     h = attn.num_heads
     q = _heads(attn.q_proj(q_in), h)  # (B, h, N, d)
     d = q.shape[-1]
+    q = q / math.sqrt(d)
     if kv is not None:
-        a = torch.softmax(q @ _heads(kv[0], h).transpose(-2, -1) / math.sqrt(d), dim=-1)
+        a = torch.softmax(q @ _heads(kv[0], h).transpose(-2, -1), dim=-1)
         return attn.out_proj((a @ _heads(kv[1], h)).transpose(1, 2).flatten(2))
     s = (q @ attn.k_proj.weight.unflatten(0, (h, d))).flatten(1, 2) @ xk.transpose(1, 2)
-    s = s + (q @ attn.k_proj.bias.view(h, d, 1)).flatten(1, 2)  # (B, h*N, L)
-    a = torch.softmax(s / math.sqrt(d), dim=-1)
+    a = torch.softmax(s + (q @ attn.k_proj.bias.view(h, d, 1)).flatten(1, 2), dim=-1)
     ax = (a @ xv).unflatten(1, (h, -1))  # (B, h, N, C)
     out = ax @ attn.v_proj.weight.unflatten(0, (h, d)).transpose(1, 2)
     return attn.out_proj((out + attn.v_proj.bias.view(h, 1, d)).transpose(1, 2).flatten(2))
 
 
-def _image_to_tokens(attn: Attention, xq, k_in, v_in, q=None) -> torch.Tensor:
+def _image_to_tokens(attn: Attention, xq, k_in, v_in) -> torch.Tensor:
     """``attn(xq, k_in, v_in)``, many queries ``(B, L, C)``, few keys ``(B, N, C)``.
 
-    Query and output projections move to the key side; ``q``: already projected queries.
+    Query and output projections move to the key side; scores are laid out ``(B, h*N, L)`` so
+    that the softmax over the few keys runs along a long contiguous axis.
     """
     h = attn.num_heads
     k, v = _heads(attn.k_proj(k_in), h), _heads(attn.v_proj(v_in), h)  # (B, h, N, d)
-    d = k.shape[-1]
-    if q is None:
-        s = xq @ (k @ attn.q_proj.weight.unflatten(0, (h, d))).flatten(1, 2).transpose(1, 2)
-        s = s + (k @ attn.q_proj.bias.view(h, d, 1)).flatten(1, 2).transpose(1, 2)
-        s = s.unflatten(-1, (h, -1))  # (B, L, h, N)
-    else:
-        s = (_heads(q, h) @ k.transpose(-2, -1)).transpose(1, 2)
-    a = torch.softmax(s / math.sqrt(d), dim=-1).flatten(2)  # (B, L, h*N)
-    vo = (v @ attn.out_proj.weight.unflatten(1, (h, d)).permute(1, 2, 0)).flatten(1, 2)
-    return torch.baddbmm(attn.out_proj.bias, a, vo.expand(a.shape[0], -1, -1))
+    k = k / math.sqrt(k.shape[-1])
+    kq = (k @ attn.q_proj.weight.unflatten(0, (h, -1))).flatten(1, 2)  # (B, h*N, C)
+    s = torch.baddbmm((k @ attn.q_proj.bias.view(h, -1, 1)).flatten(1, 2), kq, xq.transpose(1, 2))
+    a = torch.softmax(s.unflatten(1, (h, -1)), dim=2).flatten(1, 2)  # (B, h*N, L)
+    vo = (v @ attn.out_proj.weight.unflatten(1, (h, -1)).permute(1, 2, 0)).flatten(1, 2)
+    return torch.baddbmm(attn.out_proj.bias, a.transpose(1, 2), vo)
+
+
+def _act_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, in place for GELU (no new 8 MB buffer per call)."""
+    return torch.ops.aten.gelu_(x, approximate=act.approximate) if type(act) is nn.GELU else act(x)
 
 
 class CachedMaskDecoder(MaskDecoder):
@@ -183,10 +185,8 @@ class CachedMaskDecoder(MaskDecoder):
                 return memo[4]
         keys = (emb + dense[:1]).flatten(2).transpose(1, 2)
         key_pe = pe.flatten(2).transpose(1, 2)
-        blk = self.transformer.layers[0]
-        t2i, i2t = blk.cross_attn_token_to_image, blk.cross_attn_image_to_token
-        k = keys + key_pe
-        out = (keys, key_pe, (t2i.k_proj(k), t2i.v_proj(keys)), i2t.q_proj(k))
+        t2i, xk = self.transformer.layers[0].cross_attn_token_to_image, keys + key_pe
+        out = (keys, key_pe, (t2i.k_proj(xk), t2i.v_proj(keys)), xk)
         self._memo = (emb, check, pe, vec.clone(), out)
         return out
 
@@ -203,8 +203,8 @@ class CachedMaskDecoder(MaskDecoder):
             ]
         (w1, b1), (w2, b2) = self._lin
         y = F.linear(keys, w1, b1).unflatten(-1, (4, -1))  # (B, hw, 4, C1)
-        y = act1(F.layer_norm(y, ln.weight.shape, ln.weight, ln.bias, ln.eps))
-        y = act2(F.linear(y, w2, b2))  # (B, hw, 4, 4 * C2)
+        y = _act_(act1, F.layer_norm(y, ln.weight.shape, ln.weight, ln.bias, ln.eps))
+        y = _act_(act2, F.linear(y, w2, b2))  # (B, hw, 4, 4 * C2)
         m = y.reshape(y.shape[0], -1, hyper.shape[-1]) @ hyper.transpose(1, 2)
         m = m.view(-1, h, w, 2, 2, 2, 2, hyper.shape[1]).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return m.reshape(-1, hyper.shape[1], 4 * h, 4 * w)
@@ -218,7 +218,7 @@ class CachedMaskDecoder(MaskDecoder):
         b, tr = sparse.shape[0], self.transformer
         out_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.expand(b, -1, -1), sparse], dim=1)
-        keys, key_pe, kv, q1 = self._image_side(emb, image_pe, dense)
+        keys, key_pe, kv, xk = self._image_side(emb, image_pe, dense)
         queries = tokens
         for i, blk in enumerate(tr.layers):
             if blk.skip_first_layer_pe:
@@ -227,12 +227,12 @@ class CachedMaskDecoder(MaskDecoder):
                 q = queries + tokens
                 queries = queries + blk.self_attn(q, q, queries)
             queries = blk.norm1(queries)
-            xk = None if i == 0 else keys + key_pe
+            xk = xk if i == 0 else keys + key_pe
             a = _tokens_to_image(blk.cross_attn_token_to_image, queries + tokens, xk, keys, kv)
             queries = blk.norm2(queries + a)
             queries = blk.norm3(queries + blk.mlp(queries))
             q, i2t = queries + tokens, blk.cross_attn_image_to_token
-            keys = blk.norm4(keys + _image_to_tokens(i2t, xk, q, queries, q1 if i == 0 else None))
+            keys = blk.norm4(keys + _image_to_tokens(i2t, xk, q, queries))
             kv = None
         a = _tokens_to_image(tr.final_attn_token_to_image, queries + tokens, keys + key_pe, keys)
         hs = tr.norm_final_attn(queries + a)
