@@ -1,4 +1,4 @@
-"""Command line: ``fmseg segment`` and ``fmseg models``.
+"""Command line: ``fmseg segment``, ``fmseg incontext`` and ``fmseg models``.
 
 Coordinates on the command line are voxel indices of the two axes that remain after
 removing ``--axis``, in ascending axis order. For a NIfTI file (x, y, z) and ``--axis 2``
@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from . import cli_incontext
 from .io import load_volume, save_labels
 from .progress import Progress, drain
 from .prompts import Box, Point, Prompts
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         help="intensity window, e.g. -160 240 for abdominal CT",
     )
     s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    cli_incontext.add_parser(sub)
     return p
 
 
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "models":
             list_models()
+        elif args.command == "incontext":
+            cli_incontext.run(args)
         else:
             segment(args)
     except (ValueError, FileNotFoundError, RuntimeError, IndexError) as err:

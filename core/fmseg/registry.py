@@ -7,6 +7,7 @@ for fast tests (``load_model(name, tiny=True)``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from .models.sam import build_lite_medsam, build_sam_vit_b
+from .models.universeg import build_universeg, build_universeg_small
 from .weights import WeightsError, WeightsSource, apply_state_dict, load_state_dict
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -35,6 +37,7 @@ class ModelSpec:
         description: One line for menus.
         normalisation: ``"minmax"`` ([0, 1] per slice) or ``"imagenet"`` (SAM pixel mean/std).
         prompt_modes: Which prompts the weights were trained for.
+        kind: ``"promptable"`` (SAM family) or ``"incontext"`` (support set -> mask).
     """
 
     name: str
@@ -46,6 +49,7 @@ class ModelSpec:
     overlay_prefixes: tuple[str, ...] = ()
     normalisation: str = "minmax"
     prompt_modes: tuple[str, ...] = ("box",)
+    kind: str = "promptable"
     notes: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -92,6 +96,33 @@ _SPECS = (
         licence="Apache-2.0 (bowang-lab MedSAM); user-supplied medsam_vit_b.pth",
         description="MedSAM ViT-B from your checkpoint (1024x1024, [0, 1] normalisation)",
         prompt_modes=("box",),
+    ),
+    ModelSpec(
+        name="incontext-small",
+        builder=build_universeg_small,
+        weights=WeightsSource("file", str(WEIGHTS_DIR / "incontext_small.pt"), key="model"),
+        licence="fmseg; trained on LiTS-117 (CC BY-NC-SA 4.0) and Colin27/AAL: non-commercial "
+        "research use",
+        description="fmseg's UniverSeg-type in-context network (width 16, 128x128)",
+        prompt_modes=(),
+        kind="incontext",
+        notes="see fmseg/weights/incontext_small.md",
+    ),
+    ModelSpec(
+        name="universeg-v1",
+        builder=build_universeg,
+        # The published file has no published digest; download once and pin it with
+        # FMSEG_UNIVERSEG_SHA256, or pass checkpoint=PATH to a copy you already have.
+        weights=WeightsSource(
+            "url",
+            "https://github.com/JJGO/UniverSeg/releases/download/weights/"
+            "universeg_v1_nf64_ss64_STA.pt",
+            os.environ.get("FMSEG_UNIVERSEG_SHA256"),
+        ),
+        licence="OpenRAIL++-M (UniverSeg weights, research use only); code Apache-2.0",
+        description="UniverSeg v1 (Butoi et al. 2023), 1.18 M parameters, 128x128",
+        prompt_modes=(),
+        kind="incontext",
     ),
 )
 

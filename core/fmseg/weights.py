@@ -69,8 +69,13 @@ def _package_file(location: str) -> Path:
 def _download(url: str, sha256: str | None) -> Path:
     name = url.rstrip("/").rsplit("/", 1)[-1]
     target = cache_dir() / (sha256[:12] + "-" + name if sha256 else name)
+    pin = target.with_name(target.name + ".sha256")
+    if sha256 is None and pin.is_file():  # no published digest: trust on first use, then pin
+        sha256 = pin.read_text().strip()
     if target.is_file() and (sha256 is None or sha256_of(target) == sha256):
         return target
+    if target.is_file():
+        raise WeightsError(f"{target} no longer matches its SHA-256 {sha256[:12]}...; delete it")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
@@ -79,6 +84,8 @@ def _download(url: str, sha256: str | None) -> Path:
         if sha256 is not None and sha256_of(tmp) != sha256:
             raise WeightsError(f"download of {url} failed its SHA-256 check")
         os.replace(tmp, target)
+        if sha256 is None:
+            pin.write_text(sha256_of(target) + "\n")
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -1,0 +1,173 @@
+"""Held-out in-context benchmark: Dice vs support size for every backend; prints JSON.
+
+Targets never used for training ``incontext-small`` (see ``fmseg/weights/incontext_small.md``):
+
+* ``liver``: LiTS-117 liver along array axis 0 (axial), evaluation half (index >= 64);
+* ``aal``: the 10 held-out AAL structures on Colin27 along array axis 2 (axial).
+
+Protocols (support slices are never evaluated):
+
+* ``interleaved``: ``n`` supports evenly spaced over the structure's extent, queries = every
+  other slice of the extent plus 2 slices beyond each end (empty targets count);
+* ``split``: supports evenly spaced in the first half of the extent, queries = the second half
+  (+2 slices beyond its end): the supports come from another part of the volume.
+
+Score: Dice over the stack of query slices, mean over structures. ``shuffled`` rows run a
+backend with each support mask flipped in both axes and moved to another support image (the
+structure no longer matches its image): a network must do clearly better with real supports.
+Usage::
+
+    PYTHONPATH=core python benchmarks/bench_incontext.py --out docs/bench_incontext.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fmseg.incontext import SupportSet, add_slice, build_backend, segment_volume_iter
+from fmseg.progress import drain
+from fmseg.weights import WeightsError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HELD_OUT_AAL = (6, 19, 30, 43, 54, 67, 78, 91, 102, 115)
+SIZES = (1, 2, 4, 8, 16)
+
+
+def load_targets(data: Path) -> list[dict]:
+    """Volumes, label maps, axis, window and evaluation range of every target structure."""
+    import nibabel as nib
+
+    def arr(name, dtype):
+        return np.asarray(nib.load(data / name).dataobj).astype(dtype)
+
+    ct, lab = arr("lits117_ct.nii.gz", np.float32), arr("lits117_labels.nii.gz", np.int32)
+    liver = (lab > 0).astype(np.int32)
+    liver[:64] = 0  # evaluation half only
+    out = [dict(name="liver", group="liver", image=ct, labels=liver, axis=0, window=(-160, 240))]
+    t1, aal = arr("colin27_ch2.nii.gz", np.float32), arr("colin27_aal.nii.gz", np.int32)
+    for v in HELD_OUT_AAL:
+        out.append(
+            dict(
+                name=f"aal{v}",
+                group="aal",
+                image=t1,
+                labels=(aal == v).astype(np.int32),
+                axis=2,
+                window=None,
+            )
+        )
+    return out
+
+
+def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str):
+    """``(support indices, query indices)`` along ``axis``."""
+    other = tuple(a for a in range(3) if a != axis)
+    present = np.flatnonzero(labels.any(axis=other))
+    lo, hi = int(present.min()), int(present.max())
+    if protocol == "split":
+        mid = (lo + hi) // 2
+        sup = np.unique(np.linspace(lo, mid, n).round().astype(int))
+        qry = range(mid + 1, min(labels.shape[axis], hi + 3))
+    else:
+        sup = np.unique(np.linspace(lo, hi, n + 2)[1:-1].round().astype(int)) if n > 1 else None
+        sup = np.array([(lo + hi) // 2]) if sup is None else sup
+        qry = range(max(0, lo - 2), min(labels.shape[axis], hi + 3))
+    sup = [int(i) for i in sup if labels.take(i, axis).any()]
+    return sup, [i for i in qry if i not in set(sup)]
+
+
+def make_support(target: dict, slices: list[int], shuffled: bool) -> SupportSet:
+    """Support set from ``slices`` (optionally with mismatched, flipped masks)."""
+    s = SupportSet()
+    for i in slices:
+        add_slice(s, target["image"], target["labels"], target["axis"], i, target["window"])
+    if shuffled:
+        masks = [np.flip(e.labels, (0, 1)) for e in s.examples]
+        masks = masks[1:] + masks[:1]
+        s.examples = [
+            type(e)(e.image, np.ascontiguousarray(m), e.source, e.axis, e.index)
+            for e, m in zip(s.examples, masks, strict=True)
+        ]
+    return s
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean arrays (1 when both are empty)."""
+    s = pred.sum() + gt.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(pred, gt).sum() / s)
+
+
+def run_one(backend, target: dict, n: int, protocol: str, shuffled: bool = False) -> float:
+    """Dice of one backend on one target structure."""
+    sup, qry = protocol_slices(target["labels"], target["axis"], n, protocol)
+    support = make_support(target, sup, shuffled)
+    work = segment_volume_iter(
+        backend, support, target["image"], target["axis"], target["window"], slices=qry
+    )
+    res = drain(work)
+    ax = target["axis"]
+    pred = np.take(res.labels > 0, qry, ax)
+    return dice(pred, np.take(target["labels"] > 0, qry, ax))
+
+
+def speed(backend, target: dict, repeats: int = 3) -> dict:
+    """Seconds to segment every slice of the 128-slice LiTS volume from 8 supports."""
+    sup, _ = protocol_slices(target["labels"], target["axis"], 8, "interleaved")
+    support = make_support(target, sup, False)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        drain(segment_volume_iter(backend, support, target["image"], 0, target["window"]))
+        times.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(times)), "slices": int(target["image"].shape[0])}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark and print/write JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backends", default="incontext-small,prototype,intensity,nearest,interpolation")
+    p.add_argument("--shuffled", default="incontext-small,prototype")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    p.add_argument("--protocols", default="interleaved,split")
+    p.add_argument("--speed", default="incontext-small,nearest,interpolation,intensity")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    targets = load_targets(DATA)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    result: dict = {"sizes": sizes, "dice": {}, "speed": {}, "skipped": {}}
+    for name in args.backends.split(","):
+        try:
+            backend = build_backend(name, device="cpu")
+        except (WeightsError, ValueError) as err:
+            result["skipped"][name] = str(err)
+            continue
+        variants = [False] + ([True] if name in args.shuffled.split(",") else [])
+        for shuffled in variants:
+            key = name + (" (shuffled supports)" if shuffled else "")
+            for protocol in args.protocols.split(","):
+                t0 = time.perf_counter()
+                rows = {"liver": [], "aal": []}
+                for n in sizes:
+                    per = {"liver": [], "aal": []}
+                    for t in targets:
+                        per[t["group"]].append(run_one(backend, t, n, protocol, shuffled))
+                    for g in rows:
+                        rows[g].append(round(float(np.mean(per[g])), 4))
+                result["dice"].setdefault(key, {})[protocol] = rows
+                print(f"{key} {protocol}: {rows} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if name in args.speed.split(","):
+            result["speed"][name] = speed(backend, targets[0])
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

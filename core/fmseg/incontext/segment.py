@@ -1,0 +1,178 @@
+"""Run an in-context backend on slices or whole volumes: labels, batching, progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..cache import array_digest
+from ..progress import Progress, Work
+from ..validation import check_volume
+from .backends import Backend, Position, Supports
+from .support import SupportSet, normalise
+
+
+def volume_window(volume: np.ndarray) -> tuple[float, float]:
+    """Default intensity window of a volume: its 0.5-99.5 percentiles."""
+    lo, hi = np.percentile(np.asarray(volume, np.float32), (0.5, 99.5))
+    return float(lo), float(hi)
+
+
+def volume_source(volume: np.ndarray) -> str:
+    """Identity of a volume used to match support and query slice positions."""
+    return array_digest(np.asarray(volume))
+
+
+def add_slice(
+    support: SupportSet,
+    volume: np.ndarray,
+    labels: np.ndarray,
+    axis: int,
+    index: int,
+    window: tuple[float, float] | None = None,
+    label: int | None = None,
+) -> None:
+    """Add slice ``index`` along ``axis`` of an image/label volume pair to ``support``.
+
+    Args:
+        support: Set to extend.
+        volume: ``(D, H, W)`` image.
+        labels: Label volume of the same shape.
+        axis: Slicing axis.
+        index: Slice index along ``axis``.
+        window: Intensity window (None: :func:`volume_window` of ``volume``); use the same
+            one for the queries.
+        label: Keep only this label value (as 1); None keeps every label.
+
+    Raises:
+        ValueError: Shape mismatch, slice out of range, or the label absent on the slice.
+    """
+    volume, labels = check_volume(volume), np.asarray(labels)
+    if volume.shape != labels.shape:
+        raise ValueError(f"image {volume.shape} and labels {labels.shape} differ in shape")
+    if not 0 <= index < volume.shape[axis]:
+        raise ValueError(f"slice {index} is outside 0..{volume.shape[axis] - 1} along axis {axis}")
+    img, lab = np.take(volume, index, axis), np.take(labels, index, axis)
+    if label is not None:
+        if not np.any(lab == label):
+            raise ValueError(f"label {label} is absent from slice {index} (axis {axis})")
+        lab = (lab == label).astype(np.int32) * label
+    win = window if window is not None else volume_window(volume)
+    support.add(img, lab, win, volume_source(volume), axis, index)
+
+
+@dataclass(frozen=True)
+class InContextResult:
+    """Segmentation of a stack of query slices.
+
+    Attributes:
+        probs: Label value -> ``(N, H, W)`` float32 probability.
+        labels: ``(N, H, W)`` label map: per pixel the most probable label above 0.5.
+    """
+
+    probs: dict[int, np.ndarray]
+    labels: np.ndarray
+
+
+def combine(probs: dict[int, np.ndarray], threshold: float = 0.5) -> np.ndarray:
+    """Per pixel the label with the highest probability, where it exceeds ``threshold``."""
+    values = sorted(probs)
+    stack = np.stack([probs[v] for v in values])
+    best = stack.argmax(0)
+    out = np.asarray(values, dtype=np.int32)[best]
+    out[stack.max(0) <= threshold] = 0
+    return out
+
+
+def _supports(support: SupportSet, label: int | None) -> Supports:
+    imgs, masks = support.binary(label)
+    pos = tuple((e.source, e.axis, e.index) for e in support.examples)
+    known = all(p[1] >= 0 for p in pos)
+    return Supports(tuple(imgs), tuple(masks), pos if known else None)
+
+
+def segment_slices_iter(
+    backend: Backend,
+    support: SupportSet,
+    queries: np.ndarray,
+    positions: list[Position] | None = None,
+    labels: list[int] | None = None,
+    batch: int = 8,
+) -> Work[InContextResult]:
+    """Segment ``(N, H, W)`` query slices already normalised to [0, 1].
+
+    Args:
+        backend: Any :class:`~fmseg.incontext.backends.Backend`.
+        support: The annotated slices; one pass per label value.
+        queries: Normalised query slices.
+        positions: ``(source, axis, index)`` per query (needed by interpolation).
+        labels: Label values to segment (None: every value in the support set).
+        batch: Queries per backend call (progress granularity).
+
+    Raises:
+        ValueError: Empty support set, absent label, or queries not ``(N, H, W)``.
+    """
+    queries = np.asarray(queries, np.float32)
+    if queries.ndim != 3:
+        raise ValueError(f"queries must be a stack (N, H, W), got shape {queries.shape}")
+    values = labels if labels is not None else support.label_values
+    if not values:
+        raise ValueError("the support set is empty: add at least one annotated slice")
+    prepared = {v: backend.prepare(_supports(support, v)) for v in values}
+    total = len(values) * len(queries)
+    probs = {v: np.zeros(queries.shape, np.float32) for v in values}
+    done = 0
+    yield Progress(0, total, f"{backend.name}: segmenting")
+    for v in values:
+        for i in range(0, len(queries), batch):
+            pos = positions[i : i + batch] if positions is not None else None
+            probs[v][i : i + batch] = backend.predict(prepared[v], queries[i : i + batch], pos)
+            done += len(queries[i : i + batch])
+            yield Progress(
+                done, total, f"label {v}: slice {min(i + batch, len(queries))}/{len(queries)}"
+            )
+    return InContextResult(probs, combine(probs))
+
+
+def segment_volume_iter(
+    backend: Backend,
+    support: SupportSet,
+    volume: np.ndarray,
+    axis: int = 0,
+    window: tuple[float, float] | None = None,
+    labels: list[int] | None = None,
+    slices: list[int] | None = None,
+    batch: int = 8,
+) -> Work[InContextResult]:
+    """Segment a volume slice by slice along ``axis``.
+
+    Args:
+        backend: Any :class:`~fmseg.incontext.backends.Backend`.
+        support: The annotated slices.
+        volume: ``(D, H, W)`` raw intensities.
+        axis: Slicing axis.
+        window: Intensity window (None: :func:`volume_window`); match the supports'.
+        labels: Label values to segment (None: all in the support set).
+        slices: Indices along ``axis`` to segment (None: all); others stay 0.
+        batch: Queries per backend call.
+
+    Returns:
+        (via StopIteration) An :class:`InContextResult` whose arrays have the volume's shape.
+    """
+    volume = check_volume(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    win = window if window is not None else volume_window(volume)
+    idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
+    moved = np.moveaxis(volume, axis, 0)
+    queries = normalise(moved[idx], win)
+    src = volume_source(volume)
+    pos = [(src, axis, i) for i in idx]
+    res = yield from segment_slices_iter(backend, support, queries, pos, labels, batch)
+    probs = {}
+    for v, p in res.probs.items():
+        full = np.zeros(moved.shape, np.float32)
+        full[idx] = p
+        probs[v] = np.moveaxis(full, 0, axis)
+    return InContextResult(probs, combine(probs))

@@ -1,0 +1,191 @@
+"""Meta-train fmseg's own UniverSeg-type in-context model on episodic tasks (never in CI).
+
+Each step draws a batch of episodes (support size shared in the batch, 1-8), augments them
+(task-level flips/rotations/intensity inversion applied to the whole episode; per-image
+affine, contrast and noise), and minimises soft Dice + BCE of the query prediction.
+Validation episodes (held-out AAL structures; LiTS liver from the half never trained on)
+are scored every ``--eval-every`` seconds into the JSON-lines curve. Usage::
+
+    python -m fmseg.training.train_incontext --minutes 60 --out universeg_small.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..models.universeg import UniverSeg
+from . import incontext_data as D
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "incontext_small.pt"
+
+
+def task_augment(si, sm, qi, qm, rng: np.random.Generator):
+    """The same flip / rot90 / inversion for every image of one episode."""
+    k = int(rng.integers(4))
+    flip = rng.random() < 0.5
+    invert = rng.random() < 0.15
+    out = []
+    for t in (si, sm, qi, qm):
+        t = torch.rot90(t, k, dims=(-2, -1))
+        out.append(torch.flip(t, dims=(-1,)) if flip else t)
+    if invert:
+        out[0], out[2] = 1 - out[0], 1 - out[2]
+    return out
+
+
+def image_augment(img: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator, p: float):
+    """Per-image affine, contrast/brightness and noise on ``(N, 1, H, W)`` stacks."""
+    n = img.shape[0]
+    ang = torch.from_numpy(rng.uniform(-0.25, 0.25, n)).float()
+    scale = torch.from_numpy(rng.uniform(0.85, 1.15, n)).float()
+    shift = torch.from_numpy(rng.uniform(-0.08, 0.08, (n, 2))).float()
+    apply = torch.from_numpy(rng.random(n) < p)
+    ang, scale = ang * apply, torch.where(apply, scale, torch.ones_like(scale))
+    shift = shift * apply[:, None]
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    img = F.grid_sample(img, grid, align_corners=False, padding_mode="border")
+    mask = (F.grid_sample(mask, grid, align_corners=False) > 0.5).float()
+    gain = torch.from_numpy(rng.uniform(0.8, 1.2, (n, 1, 1, 1))).float()
+    bias = torch.from_numpy(rng.uniform(-0.1, 0.1, (n, 1, 1, 1))).float()
+    noise = torch.randn_like(img) * torch.from_numpy(rng.uniform(0, 0.03, (n, 1, 1, 1))).float()
+    return (img * gain + bias + noise).clamp(0, 1), mask
+
+
+def make_batch(tasks, groups, batch: int, rng: np.random.Generator):
+    """A batch of augmented episodes: ``(B, S, 1, H, W)`` x2, ``(B, 1, H, W)`` x2."""
+    n_support = int(rng.choice([1, 2, 4, 8], p=[0.15, 0.2, 0.3, 0.35]))
+    eps = []
+    for _ in range(batch):
+        group = rng.choice(list(groups), p=list(groups.values()))
+        if group == "synthetic":
+            task = D.synthetic_task(rng, n_support + 3)
+        else:
+            task = tasks[group][int(rng.integers(len(tasks[group])))]
+        si, sm, qi, qm = task_augment(*D.sample_episode(task, n_support, rng), rng)
+        imgs, masks = image_augment(
+            torch.cat([si, qi[None]]), torch.cat([sm, qm[None]]), rng, p=0.7
+        )
+        eps.append((imgs[:-1], masks[:-1], imgs[-1], masks[-1]))
+    return [torch.stack(x) for x in zip(*eps, strict=True)]
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft Dice (per image, smoothed so empty targets count) + BCE; returns (loss, dice)."""
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    dice = (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    return (1 - dice).mean() + bce, dice.mean()
+
+
+def validation_set(rng: np.random.Generator) -> list[tuple]:
+    """Fixed held-out episodes (8 supports): 10 AAL structures + LiTS liver, z >= 64."""
+    eps = []
+    for task in [t for t in D.aal_tasks(held_out=True) if t.name.endswith("_a2")]:
+        eps += [(task.name, *D.sample_episode(task, 8, rng, empty_p=0)) for _ in range(3)]
+    ct, lab = D.lits_volume()
+    imgs, labs = (
+        D.resize_stack(ct[D.LITS_SPLIT :], "bilinear"),
+        D.resize_stack(lab[D.LITS_SPLIT :], "nearest"),
+    )
+    liver = D.Task("liver_eval", imgs, labs > 0)
+    eps += [(liver.name, *D.sample_episode(liver, 8, rng, empty_p=0)) for _ in range(12)]
+    return eps
+
+
+@torch.no_grad()
+def evaluate(model: UniverSeg, eps: list[tuple]) -> dict[str, float]:
+    """Mean hard Dice over the validation episodes, overall and for liver."""
+    model.eval()
+    scores = {"all": [], "liver": []}
+    for name, si, sm, qi, qm in eps:
+        pred = (model(qi[None], si[None], sm[None]) > 0).float()
+        d = float(2 * (pred * qm).sum() / (pred.sum() + qm.sum()).clamp(min=1))
+        scores["all"].append(d)
+        if name.startswith("liver"):
+            scores["liver"].append(d)
+    model.train()
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def train(args: argparse.Namespace) -> None:
+    """Run the training loop and write checkpoints and the curve."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    tasks = {"aal": D.aal_tasks(), "lits": D.lits_tasks()}
+    groups = {"aal": 0.55, "lits": 0.25, "synthetic": 0.2}
+    val = validation_set(np.random.default_rng(1234))
+    model = UniverSeg((args.width,) * 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    t0, last_eval, step, best = time.time(), -1e9, 0, -1.0
+    log = open(args.log, "a")
+    while (elapsed := time.time() - t0) < args.minutes * 60:
+        frac = elapsed / (args.minutes * 60)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        si, sm, qi, qm = make_batch(tasks, groups, args.batch, rng)
+        loss, dice = loss_fn(model(qi, si, sm), qm)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        rec = {"step": step, "t": round(elapsed, 1), "loss": loss.item(), "dice": dice.item()}
+        if elapsed - last_eval > args.eval_every:
+            last_eval = elapsed
+            rec["val"] = evaluate(model, val)
+            if rec["val"]["all"] > best:
+                best = rec["val"]["all"]
+                save(model, args, step, elapsed, rec["val"])
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+    rec = {
+        "step": step,
+        "t": round(time.time() - t0, 1),
+        "val": evaluate(model, val),
+        "final": True,
+    }
+    log.write(json.dumps(rec) + "\n")
+    if rec["val"]["all"] > best:
+        save(model, args, step, rec["t"], rec["val"])
+
+
+def save(model: UniverSeg, args: argparse.Namespace, step: int, t: float, val: dict) -> None:
+    """Atomically write ``{"model": state_dict, "meta": {...}}``."""
+    meta = {"width": args.width, "step": step, "seconds": t, "val": val, "args": vars(args)}
+    meta["args"] = {k: str(v) for k, v in meta["args"].items()}
+    tmp = args.out.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    tmp.replace(args.out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description="Meta-train an in-context UniverSeg-type model.")
+    p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=float, default=300.0, help="seconds between validations")
+    p.add_argument("--out", type=Path, default=WEIGHTS)
+    p.add_argument("--log", type=Path, default=Path("incontext_curve.jsonl"))
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(parse_args())

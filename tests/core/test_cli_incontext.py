@@ -1,0 +1,91 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fmseg.cli import main
+from fmseg.cli_incontext import parse_slices
+from fmseg.incontext import SupportSet
+
+
+def _cone(tmp_path, name, shift=0):
+    x, y, z = np.mgrid[:40, :40, :16]
+    r = 12 - np.abs(z - 8)
+    obj = (x - 20 - shift) ** 2 + (y - 20) ** 2 < r**2
+    img = (obj * 80.0 + np.random.default_rng(shift).normal(0, 4, obj.shape)).astype(np.float32)
+    aff = np.diag([0.7, 0.7, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(img, aff), tmp_path / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(obj.astype(np.uint8), aff), tmp_path / f"{name}_lab.nii.gz")
+    return tmp_path / f"{name}.nii.gz", tmp_path / f"{name}_lab.nii.gz", obj
+
+
+def test_parse_slices():
+    assert parse_slices("3,5-7,,9") == [3, 5, 6, 7, 9]
+    with pytest.raises(ValueError, match="bad slice list"):
+        parse_slices("a-b")
+
+
+def test_incontext_cli_segments_and_saves_support(tmp_path):
+    img, lab, obj = _cone(tmp_path, "a")
+    out, sup = tmp_path / "out.nii.gz", tmp_path / "set"
+    args = ["incontext", "--support", f"{img}:{lab}:3,8,13", "--query", str(img)]
+    args += ["--backend", "interpolation", "--out", str(out), "--save-support", str(sup)]
+    assert main(args) == 0
+    pred = np.asarray(nib.load(out).dataobj) > 0
+    assert 2 * (pred & obj).sum() / (pred.sum() + obj.sum()) > 0.85
+    assert np.allclose(nib.load(out).affine, nib.load(img).affine)
+    assert len(SupportSet.load(sup)) == 3
+
+
+def test_incontext_cli_other_volume_with_saved_support(tmp_path):
+    img, lab, _ = _cone(tmp_path, "a")
+    qimg, _, qobj = _cone(tmp_path, "b", shift=2)
+    sup = tmp_path / "set"
+    main(
+        [
+            "incontext",
+            "--support",
+            f"{img}:{lab}",
+            "--query",
+            str(img),
+            "--backend",
+            "nearest",
+            "--out",
+            str(tmp_path / "o1.nii.gz"),
+            "--save-support",
+            str(sup),
+        ]
+    )
+    out = tmp_path / "o2.nii.gz"
+    prob = tmp_path / "p.nii.gz"
+    args = ["incontext", "--load-support", str(sup), "--query", str(qimg), "--backend", "nearest"]
+    assert main([*args, "--out", str(out), "--prob-out", str(prob)]) == 0
+    pred = np.asarray(nib.load(out).dataobj) > 0
+    assert 2 * (pred & qobj).sum() / (pred.sum() + qobj.sum()) > 0.7
+    assert nib.load(prob).get_fdata().max() <= 1.0
+
+
+def test_incontext_cli_errors_are_messages(tmp_path, capsys):
+    img, lab, _ = _cone(tmp_path, "a")
+    out = tmp_path / "o.nii.gz"
+    assert main(["incontext", "--query", str(img), "--out", str(out)]) == 2
+    assert "no support slices" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "incontext",
+                "--support",
+                f"{img}:{lab}:99",
+                "--query",
+                str(img),
+                "--backend",
+                "nearest",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "outside" in capsys.readouterr().err
+    assert main(["incontext", "--support", f"{img}", "--query", str(img), "--out", str(out)]) == 2
+    assert "IMG:MASK" in capsys.readouterr().err
+    assert not out.exists()
