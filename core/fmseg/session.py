@@ -11,8 +11,8 @@ from .cache import EmbeddingCache, array_digest
 from .predictor import Prediction, SamPredictor, SliceEmbedding
 from .progress import Progress, Work
 from .prompts import Box, Point, Prompts
+from .refine import refine_with_click
 from .registry import get_spec, load_model
-from .training.clicks import refine_with_click
 from .transforms import intensity_window
 from .validation import check_label_value, check_volume
 
@@ -30,7 +30,8 @@ class Session:
         volume: ``(D0, D1, D2)`` or ``(H, W)`` intensities (any real dtype, finite).
         spacing: Voxel size per axis, used to square anisotropic slices for the model.
         model: Registry name of the box model.
-        point_model: Registry name of the click model (shares the image encoder), or None.
+        point_model: Registry name of the click model (shares the image encoder), ``"auto"``
+            for the box model's registered ``click_model``, or None.
         window: Intensity window ``(low, high)``; None uses robust percentiles.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
         cache: Embedding cache (a bounded in-memory one by default).
@@ -43,7 +44,7 @@ class Session:
         volume: np.ndarray,
         spacing: Iterable[float] | None = None,
         model: str = "litemedsam",
-        point_model: str | None = "litemedsam-points",
+        point_model: str | None = "auto",
         window: tuple[float, float] | None = None,
         device: str | None = None,
         cache: EmbeddingCache | None = None,
@@ -61,6 +62,8 @@ class Session:
         self.predictor = SamPredictor(
             load_model(model, checkpoint, tiny, device), spec.normalisation
         )
+        if point_model == "auto":
+            point_model = spec.click_model
         self.point_predictor = self._load_point_model(point_model, tiny, device)
         self.cache = cache or EmbeddingCache()
         self._digest = array_digest(self.volume)
