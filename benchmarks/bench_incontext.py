@@ -130,13 +130,21 @@ def speed(backend, target: dict, repeats: int = 3) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and print/write JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backends", default="incontext-small,prototype,intensity,nearest,interpolation")
+    p.add_argument(
+        "--backends", default="incontext-small,prototype,intensity,nearest,interpolation"
+    )
     p.add_argument("--shuffled", default="incontext-small,prototype")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--protocols", default="interleaved,split")
     p.add_argument("--speed", default="incontext-small,nearest,interpolation,intensity")
     p.add_argument("--out", type=Path)
+    p.add_argument("--plot", type=Path, help="write a PNG of Dice vs support size")
+    p.add_argument("--replot", type=Path, help="only plot this earlier JSON result")
     args = p.parse_args(argv)
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        plot(result, args.plot)
+        return result
     targets = load_targets(DATA)
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict = {"sizes": sizes, "dice": {}, "speed": {}, "skipped": {}}
@@ -166,7 +174,38 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.plot:
+        plot(result, args.plot)
     return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Dice vs support size: one panel per (group, protocol), one line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocols = sorted({p for v in result["dice"].values() for p in v})
+    fig, axes = plt.subplots(2, len(protocols), figsize=(5 * len(protocols), 7.5), squeeze=False)
+    for col, protocol in enumerate(protocols):
+        for row, group in enumerate(("liver", "aal")):
+            ax = axes[row][col]
+            for name, per in result["dice"].items():
+                if protocol in per:
+                    style = "--" if "shuffled" in name else "-"
+                    ax.plot(result["sizes"], per[protocol][group], style, marker="o", label=name)
+            title = "LiTS-117 liver" if group == "liver" else "10 held-out AAL structures"
+            ax.set_title(f"{title}, {protocol}")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(result["sizes"], [str(n) for n in result["sizes"]])
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("support slices")
+            ax.set_ylabel("Dice (query slices)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,14 @@ def _window(image: Image) -> tuple[float, float]:
     return tuple(float(v) for v in image.contrast_limits)
 
 
+def _source(image: Image) -> str:
+    """Cheap identity of a layer's volume for matching slice positions.
+
+    The layer name and data object: no hashing of the whole volume on the GUI thread.
+    """
+    return f"napari:{image.name}:{id(image.data):x}"
+
+
 def _hint(exc: Exception) -> str:
     """Advice after a failure to load a network's weights ("" for other errors)."""
     if isinstance(exc.__cause__ or exc, WeightsError):
@@ -233,7 +241,7 @@ class InContextWidget(mw.Container):
         try:
             add_slice(
                 self.support, np.asarray(image.data), np.asarray(labels.data), axis, index,
-                window=_window(image), label=value or None,
+                window=_window(image), label=value or None, source=_source(image),
             )  # fmt: skip
         except ValueError as exc:
             self._error(str(exc))
@@ -335,6 +343,7 @@ class InContextWidget(mw.Container):
             window=_window(image),
             labels=[value] if value else None,
             slices=None if whole else [index],
+            source=_source(image),
             batch=self.batch,
         )
         name = "segment volume" if whole else f"segment slice {index}"

@@ -31,8 +31,25 @@ def test_missing_file_is_reported(tmp_path, capsys):
 
 def test_cli_coordinates_are_voxel_indices_of_remaining_axes():
     args = _parser().parse_args(
-        ["segment", "x.nii", "--slice", "1", "--out", "o.nii", "--box", "1", "2", "10", "20",
-         "--point", "3", "4", "--negative-point", "5", "6"]
+        [
+            "segment",
+            "x.nii",
+            "--slice",
+            "1",
+            "--out",
+            "o.nii",
+            "--box",
+            "1",
+            "2",
+            "10",
+            "20",
+            "--point",
+            "3",
+            "4",
+            "--negative-point",
+            "5",
+            "6",
+        ]
     )
     p = _prompts(args)
     # slice rows = first remaining axis (A), columns = second (B): x = B, y = A

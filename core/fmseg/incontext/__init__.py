@@ -21,6 +21,7 @@ from .segment import (
     combine,
     segment_slices_iter,
     segment_volume_iter,
+    volume_source,
     volume_window,
 )
 from .support import SupportExample, SupportSet, normalise
@@ -43,5 +44,6 @@ __all__ = [
     "normalise",
     "segment_slices_iter",
     "segment_volume_iter",
+    "volume_source",
     "volume_window",
 ]

@@ -32,8 +32,13 @@ def add_slice(
     index: int,
     window: tuple[float, float] | None = None,
     label: int | None = None,
+    source: str | None = None,
 ) -> None:
     """Add slice ``index`` along ``axis`` of an image/label volume pair to ``support``.
+
+    Only the slice is read and checked (a GUI can call this on a large volume); pass
+    ``window`` and ``source`` (:func:`volume_source`, computed once) to avoid whole-volume
+    passes.
 
     Args:
         support: Set to extend.
@@ -43,12 +48,15 @@ def add_slice(
         index: Slice index along ``axis``.
         window: Intensity window (None: :func:`volume_window` of ``volume``); use the same
             one for the queries.
-        label: Keep only this label value (as 1); None keeps every label.
+        label: Keep only this label value; None keeps every label.
+        source: Identity of ``volume`` (None: its :func:`volume_source`).
 
     Raises:
         ValueError: Shape mismatch, slice out of range, or the label absent on the slice.
     """
-    volume, labels = check_volume(volume), np.asarray(labels)
+    volume, labels = np.asarray(volume), np.asarray(labels)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D image volume, got shape {volume.shape}")
     if volume.shape != labels.shape:
         raise ValueError(f"image {volume.shape} and labels {labels.shape} differ in shape")
     if not 0 <= index < volume.shape[axis]:
@@ -59,7 +67,8 @@ def add_slice(
             raise ValueError(f"label {label} is absent from slice {index} (axis {axis})")
         lab = (lab == label).astype(np.int32) * label
     win = window if window is not None else volume_window(volume)
-    support.add(img, lab, win, volume_source(volume), axis, index)
+    src = source if source is not None else volume_source(volume)
+    support.add(img, lab, win, src, axis, index)
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,7 @@ def segment_volume_iter(
     labels: list[int] | None = None,
     slices: list[int] | None = None,
     batch: int = 8,
+    source: str | None = None,
 ) -> Work[InContextResult]:
     """Segment a volume slice by slice along ``axis``.
 
@@ -156,6 +166,8 @@ def segment_volume_iter(
         labels: Label values to segment (None: all in the support set).
         slices: Indices along ``axis`` to segment (None: all); others stay 0.
         batch: Queries per backend call.
+        source: Identity of ``volume`` used to match support positions (None: its
+            :func:`volume_source`; pass what was given to :func:`add_slice`).
 
     Returns:
         (via StopIteration) An :class:`InContextResult` whose arrays have the volume's shape.
@@ -167,7 +179,7 @@ def segment_volume_iter(
     idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
     moved = np.moveaxis(volume, axis, 0)
     queries = normalise(moved[idx], win)
-    src = volume_source(volume)
+    src = source if source is not None else volume_source(volume)
     pos = [(src, axis, i) for i in idx]
     res = yield from segment_slices_iter(backend, support, queries, pos, labels, batch)
     probs = {}
