@@ -7,14 +7,15 @@ Targets never used for training ``incontext-small`` (see ``fmseg/weights/inconte
 
 Protocols (support slices are never evaluated):
 
-* ``interleaved``: ``n`` supports evenly spaced over the structure's extent, queries = every
+* ``interleaved``: ``n`` supports evenly spaced inside the structure's extent, queries = every
   other slice of the extent plus 2 slices beyond each end (empty targets count);
-* ``split``: supports evenly spaced in the first half of the extent, queries = the second half
+* ``split``: supports evenly spaced inside the first half of the extent, queries = the second half
   (+2 slices beyond its end): the supports come from another part of the volume.
 
 Score: Dice over the stack of query slices, mean over structures. ``shuffled`` rows run a
 backend with each support mask flipped in both axes and moved to another support image (the
-structure no longer matches its image): a network must do clearly better with real supports.
+structure no longer matches its image), at one support size: a network must do clearly
+better with real supports.
 Usage::
 
     PYTHONPATH=core python benchmarks/bench_incontext.py --out docs/bench_incontext.json
@@ -36,6 +37,7 @@ from fmseg.weights import WeightsError
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HELD_OUT_AAL = (6, 19, 30, 43, 54, 67, 78, 91, 102, 115)
 SIZES = (1, 2, 4, 8, 16)
+GROUPS = ("liver", "aal")
 
 
 def load_targets(data: Path) -> list[dict]:
@@ -71,11 +73,10 @@ def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str):
     lo, hi = int(present.min()), int(present.max())
     if protocol == "split":
         mid = (lo + hi) // 2
-        sup = np.unique(np.linspace(lo, mid, n).round().astype(int))
+        sup = np.unique(np.linspace(lo, mid, n + 2)[1:-1].round().astype(int))
         qry = range(mid + 1, min(labels.shape[axis], hi + 3))
     else:
-        sup = np.unique(np.linspace(lo, hi, n + 2)[1:-1].round().astype(int)) if n > 1 else None
-        sup = np.array([(lo + hi) // 2]) if sup is None else sup
+        sup = np.unique(np.linspace(lo, hi, n + 2)[1:-1].round().astype(int))
         qry = range(max(0, lo - 2), min(labels.shape[axis], hi + 3))
     sup = [int(i) for i in sup if labels.take(i, axis).any()]
     return sup, [i for i in qry if i not in set(sup)]
@@ -115,6 +116,12 @@ def run_one(backend, target: dict, n: int, protocol: str, shuffled: bool = False
     return dice(pred, np.take(target["labels"] > 0, qry, ax))
 
 
+def group_dice(backend, targets, group, n, protocol, shuffled=False) -> float:
+    """Mean Dice over the targets of one group."""
+    scores = [run_one(backend, t, n, protocol, shuffled) for t in targets if t["group"] == group]
+    return round(float(np.mean(scores)), 4)
+
+
 def speed(backend, target: dict, repeats: int = 3) -> dict:
     """Seconds to segment every slice of the 128-slice LiTS volume from 8 supports."""
     sup, _ = protocol_slices(target["labels"], target["axis"], 8, "interleaved")
@@ -134,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--backends", default="incontext-small,prototype,intensity,nearest,interpolation"
     )
     p.add_argument("--shuffled", default="incontext-small,prototype")
+    p.add_argument("--shuffled-size", type=int, default=8)
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--protocols", default="interleaved,split")
     p.add_argument("--speed", default="incontext-small,nearest,interpolation,intensity")
@@ -147,27 +155,25 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     targets = load_targets(DATA)
     sizes = [int(s) for s in args.sizes.split(",")]
-    result: dict = {"sizes": sizes, "dice": {}, "speed": {}, "skipped": {}}
+    result: dict = {"sizes": sizes, "dice": {}, "shuffled": {}, "speed": {}, "skipped": {}}
     for name in args.backends.split(","):
         try:
             backend = build_backend(name, device="cpu")
         except (WeightsError, ValueError) as err:
             result["skipped"][name] = str(err)
             continue
-        variants = [False] + ([True] if name in args.shuffled.split(",") else [])
-        for shuffled in variants:
-            key = name + (" (shuffled supports)" if shuffled else "")
-            for protocol in args.protocols.split(","):
-                t0 = time.perf_counter()
-                rows = {"liver": [], "aal": []}
-                for n in sizes:
-                    per = {"liver": [], "aal": []}
-                    for t in targets:
-                        per[t["group"]].append(run_one(backend, t, n, protocol, shuffled))
-                    for g in rows:
-                        rows[g].append(round(float(np.mean(per[g])), 4))
-                result["dice"].setdefault(key, {})[protocol] = rows
-                print(f"{key} {protocol}: {rows} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        for protocol in args.protocols.split(","):
+            t0 = time.perf_counter()
+            rows = {
+                g: [group_dice(backend, targets, g, n, protocol) for n in sizes] for g in GROUPS
+            }
+            result["dice"].setdefault(name, {})[protocol] = rows
+            print(f"{name} {protocol}: {rows} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if name in args.shuffled.split(","):
+            n = args.shuffled_size
+            rows = {g: group_dice(backend, targets, g, n, "interleaved", True) for g in GROUPS}
+            result["shuffled"][name] = {"size": n, "protocol": "interleaved", **rows}
+            print(f"{name} shuffled supports, n={n}: {rows}", flush=True)
         if name in args.speed.split(","):
             result["speed"][name] = speed(backend, targets[0])
     text = json.dumps(result, indent=1)
@@ -193,8 +199,12 @@ def plot(result: dict, path: Path) -> None:
             ax = axes[row][col]
             for name, per in result["dice"].items():
                 if protocol in per:
-                    style = "--" if "shuffled" in name else "-"
-                    ax.plot(result["sizes"], per[protocol][group], style, marker="o", label=name)
+                    ax.plot(result["sizes"], per[protocol][group], marker="o", label=name)
+            for name, sh in result.get("shuffled", {}).items():
+                if protocol == sh["protocol"]:
+                    ax.plot(
+                        [sh["size"]], [sh[group]], "x", ms=9, label=f"{name}, shuffled supports"
+                    )
             title = "LiTS-117 liver" if group == "liver" else "10 held-out AAL structures"
             ax.set_title(f"{title}, {protocol}")
             ax.set_xscale("log", base=2)

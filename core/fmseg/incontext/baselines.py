@@ -38,28 +38,32 @@ class IntensityBackend(Backend):
     """
 
     name = "intensity"
-    LOWS = (0.0, 1.0, 2.5, 5.0, 10.0, 20.0)
-    HIGHS = (80.0, 90.0, 95.0, 97.5, 99.0, 100.0)
+    LOWS = (0.0, 2.5, 5.0, 10.0, 20.0)
+    HIGHS = (80.0, 90.0, 95.0, 99.0, 100.0)
 
     def _apply(self, img, lo, hi, cc):
         m = (img >= lo) & (img <= hi)
         return ndi.binary_fill_holes(largest_component(m)) if cc else m
 
     def prepare(self, supports: Supports) -> tuple[float, float, bool]:
-        """The best ``(lo, hi, largest_component)`` on the supports."""
-        fg = np.concatenate([i[m] for i, m in zip(supports.images, supports.masks, strict=True)])
+        """The best ``(lo, hi, largest_component)`` on the supports (scored at half size)."""
+        imgs = [np.asarray(i)[::2, ::2] for i in supports.images]
+        masks = [np.asarray(m)[::2, ::2] for m in supports.masks]
+        pairs = zip(supports.images, supports.masks, strict=True)
+        fg = np.concatenate([np.asarray(i)[np.asarray(m, bool)] for i, m in pairs])
         best = (-1.0, (0.0, 1.0, False))
         for plo in self.LOWS:
             for phi in self.HIGHS:
-                lo, hi = np.percentile(fg, (plo, phi))
+                lo, hi = (float(v) for v in np.percentile(fg, (plo, phi)))
                 for cc in (False, True):
                     d = np.mean(
                         [
                             _dice(self._apply(i, lo, hi, cc), m)
-                            for i, m in zip(supports.images, supports.masks, strict=True)
+                            for i, m in zip(imgs, masks, strict=True)
                         ]
                     )
-                    best = max(best, (d, (float(lo), float(hi), cc)), key=lambda t: t[0])
+                    if d > best[0]:
+                        best = (d, (lo, hi, cc))
         return best[1]
 
     def predict(self, state, queries: np.ndarray, positions=None) -> np.ndarray:
