@@ -1,0 +1,302 @@
+"""GUI tests of the Uncertainty widget: called through its methods, workers awaited with qtbot.
+
+A 16 x 40 x 40 double cone (a disc whose radius grows then shrinks along z) with matching
+labels, as in the In-context tests. Samplers come through the injectable factory: the real
+``nearest+tta`` (K runs of the nearest-support baseline on random support subsets, so the
+candidates disagree between the radii of neighbouring supports), a slow fake to cancel, and one
+raising a weights error.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from fmseg.incontext import build_sampler
+from fmseg.weights import WeightsError
+from napari_fmseg import _incontext_widget
+from napari_fmseg._uncertainty_widget import (
+    ENTROPY,
+    MEAN,
+    OUTPUT_LAYER,
+    SAMPLES,
+    UncertaintyWidget,
+)
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 60_000
+SHAPE = (16, 40, 40)
+
+
+def _cone() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, labels, and the signed distance (pixels) to the cone's surface in each slice."""
+    z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    radius = np.maximum(0, 14 - 1.6 * np.abs(z - 7.5))
+    distance = np.hypot(y - 20, x - 20) - radius
+    labels = (distance < 0).astype(np.int32)
+    noise = np.random.default_rng(0).normal(0, 0.1, labels.shape).astype(np.float32)
+    return labels + noise, labels, distance
+
+
+class SlowSampler:
+    """Samples nothing, slowly: something to cancel."""
+
+    name = "slow+tta"
+
+    def __init__(self, k: int) -> None:
+        self.k, self.calls = k, 0
+
+    def prepare(self, supports):
+        return supports
+
+    def sample(self, state, queries, positions=None):
+        self.calls += 1
+        time.sleep(0.3)
+        return np.zeros((self.k, *queries.shape), np.float32)
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    shown: list[str] = []
+    monkeypatch.setattr(_incontext_widget, "show_error", shown.append)  # the widget's base
+    return shown
+
+
+def _make(make_napari_viewer, factory=build_sampler, sampler="nearest+tta", k=4, **kwargs):
+    viewer = make_napari_viewer()
+    volume, labels, _ = _cone()
+    image = viewer.add_image(volume, scale=(2.0, 1.0, 1.0), contrast_limits=(-0.3, 1.3))
+    annotations = viewer.add_labels(labels, name="annotations", scale=(2.0, 1.0, 1.0))
+    widget = UncertaintyWidget(viewer, sampler_factory=factory, **kwargs)
+    widget._sampler_name.value = sampler
+    widget._k.value = k
+    viewer.window.add_dock_widget(widget)
+    assert widget._image.value is image and widget._labels.value is annotations
+    return viewer, widget
+
+
+def _goto(viewer, z: int) -> None:
+    """Show slice ``z`` (the z slider follows the K slider once samples are shown)."""
+    viewer.dims.set_current_step(viewer.dims.ndim - 3, z)
+
+
+def _add(viewer, widget, *slices: int) -> None:
+    for z in slices:
+        _goto(viewer, z)
+        assert widget.current_slice() == z
+        assert widget.add_current_slice(), widget.status.value
+
+
+def _run(qtbot, widget, method) -> None:
+    method()
+    assert widget.busy
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+def _data(viewer, name: str) -> np.ndarray:
+    return np.asarray(viewer.layers[name].data)
+
+
+def _texts(widget) -> set[str]:
+    return {getattr(b, "text", None) for row in widget for b in getattr(row, "_list", [row])}
+
+
+def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "Uncertainty")
+    assert isinstance(widget, UncertaintyWidget)
+    assert widget._sampler_name.value == "tyche-small"
+    assert "nearest+tta" in widget._sampler_name.choices
+    assert (widget._k.min, widget._k.max, widget._k.value) == (2, 16, 8)
+    assert widget._threshold.value == 0.5 and widget._value.value == 1
+    texts = _texts(widget)
+    assert {"Sample slice", "Sample volume", "Commit candidate k", "Commit mean > t"} <= texts
+    assert {"Add current slice to support set", "Undo", "Cancel", "Save...", "Clear"} <= texts
+    assert "Segment volume" not in texts and widget._backend_name not in list(widget)
+
+
+def test_support_set_controls_are_the_in_context_ones(make_napari_viewer) -> None:
+    viewer, widget = _make(make_napari_viewer)
+    _add(viewer, widget, 2, 7, 12)
+    assert len(widget.support) == 3 and widget.support_list.count() == 3
+    assert widget.support_list.item(1).text() == "axis 0, slice 7, labels [1]"
+    widget.support_list.item(0).setSelected(True)
+    widget.remove_selected()
+    assert [e.index for e in widget.support.examples] == [7, 12]
+    widget.clear()
+    assert len(widget.support) == 0 and widget.support_list.count() == 0
+    widget._label.value = 3
+    assert widget._value.value == 3  # the commit label follows the label value
+
+
+def test_sample_volume_layers_and_entropy(make_napari_viewer, qtbot) -> None:
+    viewer, widget = _make(make_napari_viewer)
+    annotations = viewer.layers["annotations"]
+    before = annotations.data.copy()
+    _add(viewer, widget, 2, 7, 12)
+    _run(qtbot, widget, widget.sample_volume)
+    samples, mean, heat = _data(viewer, SAMPLES), _data(viewer, MEAN), _data(viewer, ENTROPY)
+    assert samples.shape == (4, *SHAPE) and mean.shape == heat.shape == SHAPE
+    assert tuple(viewer.layers[SAMPLES].scale) == (1.0, 2.0, 1.0, 1.0)
+    assert tuple(viewer.layers[ENTROPY].scale) == (2.0, 1.0, 1.0)
+    assert viewer.dims.ndim == 4  # a slider over the candidates
+    assert 0 <= mean.min() and mean.max() <= 1 and heat.min() >= 0 and heat.max() <= 1
+    np.testing.assert_allclose(mean, samples.mean(0), atol=1e-6)
+    assert tuple(viewer.layers[ENTROPY].contrast_limits) == (0, 1)
+    assert viewer.layers[ENTROPY].colormap.name == "inferno"
+    assert viewer.layers[ENTROPY].colorbar.visible
+    _, _, distance = _cone()
+    boundary = heat[np.abs(distance) < 1].mean()
+    inside, outside = heat[distance < -6].mean(), heat[distance > 6].mean()
+    assert boundary > 0.3 and boundary > 2 * max(inside, outside)  # 0.43 > 0.12, 0.04
+    assert len({samples[i].tobytes() for i in range(4)}) > 1  # the candidates differ
+    assert "4 candidates from nearest+tta" in widget.status.value
+    assert widget._candidate.max == 3
+    _goto(viewer, 4)
+    assert widget.diversity.value.startswith("slice 4: ")
+    assert float(widget.diversity.value.split()[-1]) > 0
+    _goto(viewer, 7)
+    np.testing.assert_array_equal(annotations.data, before)  # only read
+    assert [lay.name for lay in widget._image.choices] == ["volume"]
+
+
+def test_sample_slice_changes_only_that_slice(make_napari_viewer, qtbot) -> None:
+    viewer, widget = _make(make_napari_viewer)
+    _add(viewer, widget, 7)
+    _goto(viewer, 5)
+    _run(qtbot, widget, widget.sample_slice)  # no layers yet: zeros elsewhere
+    samples = _data(viewer, SAMPLES)
+    assert samples.shape == (4, *SHAPE)
+    assert not samples[:, [z for z in range(16) if z != 5]].any()
+    truth7 = viewer.layers["annotations"].data[7] == 1  # nearest of one support: slice 7
+    assert all(np.array_equal(samples[i, 5] > 0.5, truth7) for i in range(4))
+    assert widget.diversity.value == "slice 5: 0.000"
+    _goto(viewer, 6)
+    assert widget.diversity.value == "slice 6: not sampled"
+    _add(viewer, widget, 2, 12)
+    _run(qtbot, widget, widget.sample_volume)
+    before = {n: _data(viewer, n).copy() for n in (SAMPLES, MEAN, ENTROPY)}
+    widget.clear()
+    _add(viewer, widget, 12)  # a different support set: slice 6 changes
+    _goto(viewer, 6)
+    _run(qtbot, widget, widget.sample_slice)
+    others = [z for z in range(16) if z != 6]
+    for name, old in before.items():
+        new = _data(viewer, name)
+        axis = 1 if name == SAMPLES else 0
+        np.testing.assert_array_equal(np.take(new, others, axis), np.take(old, others, axis))
+    truth12 = viewer.layers["annotations"].data[12] == 1
+    np.testing.assert_array_equal(_data(viewer, MEAN)[6] > 0.5, truth12)
+    assert not np.array_equal(before[MEAN][6] > 0.5, truth12)
+
+
+def test_commit_candidate_and_mean_with_undo(make_napari_viewer, qtbot, errors) -> None:
+    viewer, widget = _make(make_napari_viewer)
+    _add(viewer, widget, 2, 7, 12)
+    previous = np.zeros(SHAPE, np.int32)
+    previous[:, 0, 0] = 3  # another structure: kept
+    previous[5, 20, 20] = 1
+    viewer.add_labels(previous.copy(), name=OUTPUT_LAYER, scale=(2.0, 1.0, 1.0))
+    assert [lay.name for lay in widget._labels.choices] == ["annotations"]
+    _run(qtbot, widget, widget.sample_volume)
+    samples, mean = _data(viewer, SAMPLES), _data(viewer, MEAN)
+    _goto(viewer, 5)
+    widget._candidate.value = 2
+    assert widget.commit_candidate()
+    out = _data(viewer, OUTPUT_LAYER).copy()
+    expected = previous.copy()
+    expected[5][expected[5] == 1] = 0
+    expected[5][samples[2, 5] > 0.5] = 1
+    np.testing.assert_array_equal(out, expected)
+    assert "Committed candidate 2 on slice 5 as label 1" in widget.status.value
+    widget._whole.value = True
+    widget._value.value = 2
+    widget._threshold.value = 0.7
+    assert widget.commit_mean()
+    both = out.copy()
+    both[mean > 0.7] = 2
+    np.testing.assert_array_equal(_data(viewer, OUTPUT_LAYER), both)
+    assert viewer.layers["annotations"].data.max() == 1  # never written
+    widget.undo()
+    np.testing.assert_array_equal(_data(viewer, OUTPUT_LAYER), out)
+    widget.undo()
+    np.testing.assert_array_equal(_data(viewer, OUTPUT_LAYER), previous)
+    widget.undo()
+    assert errors[-1] == "nothing to undo"
+
+
+def test_commit_only_touches_sampled_slices(make_napari_viewer, qtbot, errors) -> None:
+    viewer, widget = _make(make_napari_viewer)
+    _add(viewer, widget, 7)
+    _goto(viewer, 6)
+    _run(qtbot, widget, widget.sample_slice)
+    _goto(viewer, 9)
+    _run(qtbot, widget, widget.sample_slice)  # added to the slice 6 samples
+    assert viewer.layers[SAMPLES].metadata["fmseg_uncertainty"]["slices"] == {6, 9}
+    _goto(viewer, 8)
+    assert not widget.commit_mean()
+    assert errors[-1] == "slice 8 is not sampled: press Sample slice first"
+    widget._whole.value = True
+    assert widget.commit_mean()
+    out = _data(viewer, OUTPUT_LAYER)
+    truth7 = viewer.layers["annotations"].data[7]
+    assert [z for z in range(16) if out[z].any()] == [6, 9]
+    np.testing.assert_array_equal(out[6], truth7)
+    assert tuple(viewer.layers[OUTPUT_LAYER].scale) == (2.0, 1.0, 1.0)
+
+
+def test_cancel_a_slow_run(make_napari_viewer, qtbot) -> None:
+    slow = SlowSampler(4)
+    viewer, widget = _make(make_napari_viewer, lambda name, k: slow)
+    _add(viewer, widget, 7)
+    widget.sample_volume()
+    qtbot.waitUntil(lambda: slow.calls >= 1, timeout=WAIT_MS)
+    widget.cancel()
+    assert widget.status.value == "Cancelling ..."
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert slow.calls < 4  # 16 slices in batches of 4
+    assert "cancelled" in widget.status.value
+    assert SAMPLES not in viewer.layers and ENTROPY not in viewer.layers
+
+
+def test_weights_error_is_shown(make_napari_viewer, qtbot, errors) -> None:
+    def factory(name, k):
+        raise WeightsError(f"checkpoint file not found for '{name}'")
+
+    viewer, widget = _make(make_napari_viewer, factory, sampler="tyche-small")
+    _add(viewer, widget, 7)
+    _run(qtbot, widget, widget.sample_volume)
+    assert errors == [
+        "sample volume failed: checkpoint file not found for 'tyche-small' (choose another"
+        " sampler, e.g. interpolation+tta, or install the weights)"
+    ]
+    assert widget.status.value.startswith("Error: sample volume failed")
+    assert SAMPLES not in viewer.layers
+
+
+def test_tiny_tyche_network_end_to_end(make_napari_viewer, qtbot) -> None:
+    viewer, widget = _make(make_napari_viewer, None, sampler="tyche-small", k=2, tiny=True)
+    _add(viewer, widget, 4, 10)
+    _goto(viewer, 7)
+    _run(qtbot, widget, widget.sample_slice)
+    assert "2 candidates from tyche-small" in widget.status.value, widget.status.value
+    samples = _data(viewer, SAMPLES)
+    assert samples.shape == (2, *SHAPE) and samples[:, 7].any()
+    sampler = widget._sampler[1]
+    _run(qtbot, widget, widget.sample_slice)
+    assert widget._sampler[1] is sampler  # built once, reused
+
+
+def test_errors_before_running(make_napari_viewer, errors) -> None:
+    viewer, widget = _make(make_napari_viewer)
+    widget.sample_volume()
+    assert errors[-1].startswith("the support set is empty")
+    assert not widget.commit_candidate()
+    assert errors[-1] == "no samples: press Sample slice or Sample volume first"
+    _add(viewer, widget, 7)
+    widget._label.value = 2
+    widget.sample_slice()
+    assert errors[-1] == "label 2 is not in the support set: [1]"
+    assert not widget.busy
