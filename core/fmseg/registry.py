@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .models.sam import build_lite_medsam, build_sam_vit_b
+from .models.tyche import build_tyche, build_tyche_small
 from .models.universeg import build_universeg, build_universeg_small
 from .weights import WeightsError, WeightsSource, apply_state_dict, load_state_dict
 
@@ -37,7 +38,8 @@ class ModelSpec:
         description: One line for menus.
         normalisation: ``"minmax"`` ([0, 1] per slice) or ``"imagenet"`` (SAM pixel mean/std).
         prompt_modes: Which prompts the weights were trained for.
-        kind: ``"promptable"`` (SAM family) or ``"incontext"`` (support set -> mask).
+        kind: ``"promptable"`` (SAM family), ``"incontext"`` (support set -> mask) or
+            ``"stochastic"`` (support set -> several plausible masks).
         click_model: Registry entry sharing this model's image encoder whose decoder was
             trained for clicks (the session routes click-only prompts to it), or None.
     """
@@ -127,6 +129,32 @@ _SPECS = (
         description="UniverSeg v1 (Butoi et al. 2023), 1.18 M parameters, 128x128",
         prompt_modes=(),
         kind="incontext",
+    ),
+    ModelSpec(
+        name="tyche-small",
+        builder=build_tyche_small,
+        weights=WeightsSource("file", str(WEIGHTS_DIR / "tyche_small.pt"), key="model"),
+        licence="fmseg; trained on LiTS-117 (CC BY-NC-SA 4.0) and Colin27/AAL: non-commercial "
+        "research use",
+        description="fmseg's Tyche-TS stochastic in-context network (width 16, 128x128)",
+        prompt_modes=(),
+        kind="stochastic",
+        notes="see fmseg/weights/tyche_small.md",
+    ),
+    ModelSpec(
+        name="tyche-v1",
+        builder=build_tyche,
+        weights=WeightsSource(
+            "url",
+            "https://github.com/mariannerakic/Tyche/releases/download/weights/"
+            "tyche_v1_model_weights_CVPR.pt",
+            os.environ.get("FMSEG_TYCHE_SHA256"),
+            key="model",
+        ),
+        licence="Apache-2.0 (Tyche repository, Rakic et al. 2024)",
+        description="Tyche-TS v1 (Rakic et al. 2024), 1.77 M parameters, 128x128",
+        prompt_modes=(),
+        kind="stochastic",
     ),
 )
 

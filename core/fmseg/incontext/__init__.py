@@ -13,7 +13,7 @@ nearest support, signed-distance interpolation). Example::
 
 from .backends import Backend, Supports, UniverSegBackend
 from .baselines import IntensityBackend, InterpolationBackend, NearestBackend
-from .factory import BACKENDS, build_backend
+from .factory import BACKENDS, SAMPLERS, build_backend, build_sampler
 from .prototype import PrototypeBackend
 from .segment import (
     InContextResult,
@@ -24,10 +24,17 @@ from .segment import (
     volume_source,
     volume_window,
 )
+from .stochastic import AugmentedSampler, TycheBackend, sample_slices_iter, sample_volume_iter
 from .support import SupportExample, SupportSet, normalise
 
 __all__ = [
     "BACKENDS",
+    "SAMPLERS",
+    "AugmentedSampler",
+    "TycheBackend",
+    "build_sampler",
+    "sample_slices_iter",
+    "sample_volume_iter",
     "Backend",
     "InContextResult",
     "IntensityBackend",

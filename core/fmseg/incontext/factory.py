@@ -9,6 +9,7 @@ from ..registry import get_spec, load_model
 from .backends import Backend, UniverSegBackend
 from .baselines import IntensityBackend, InterpolationBackend, NearestBackend
 from .prototype import PrototypeBackend
+from .stochastic import AugmentedSampler, TycheBackend
 
 BACKENDS = {
     "incontext-small": "fmseg's own UniverSeg-type network (shipped, trained on CPU)",
@@ -52,3 +53,38 @@ def build_backend(
     if name in simple:
         return simple[name]()
     raise KeyError(f"unknown in-context backend '{name}'; known: {', '.join(BACKENDS)}")
+
+
+SAMPLERS = {
+    "tyche-small": "fmseg's Tyche-TS network: K candidates in one pass",
+    "tyche-v1": "the reference Tyche-TS v1 (needs its checkpoint or a download)",
+    **{f"{name}+tta": f"{desc}; K runs on perturbed inputs" for name, desc in BACKENDS.items()},
+}
+
+
+def build_sampler(
+    name: str,
+    k: int = 8,
+    device: str | None = None,
+    tiny: bool = False,
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+) -> TycheBackend | AugmentedSampler:
+    """A sampler of ``k`` plausible segmentations.
+
+    Args:
+        name: ``tyche-small``, ``tyche-v1``, or ``<backend>+tta`` for test-time augmentation
+            of any :data:`BACKENDS` entry (e.g. ``incontext-small+tta``).
+        k: Samples per query.
+        device: Torch device (None: CUDA when available).
+        tiny: Random tiny networks (tests).
+        checkpoint: Weights replacing the registered ones.
+        seed: Seed of the noise / perturbations.
+    """
+    if name in ("tyche-small", "tyche-v1"):
+        model = load_model(name, checkpoint=checkpoint, tiny=tiny, device=device)
+        return TycheBackend(model, k=k, seed=seed)
+    if name.endswith("+tta") and name[:-4] in BACKENDS:
+        base = build_backend(name[:-4], device=device, tiny=tiny, checkpoint=checkpoint)
+        return AugmentedSampler(base, k=k, seed=seed)
+    raise KeyError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")

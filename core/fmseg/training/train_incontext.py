@@ -1,8 +1,12 @@
-"""Meta-train fmseg's own UniverSeg-type in-context model on episodic tasks (never in CI).
+"""Meta-train fmseg's own in-context models (UniverSeg-type or Tyche) on episodic tasks.
+
+Never run in CI.
 
 Each step draws a batch of episodes (support size shared in the batch, 1-8), augments them
 (task-level flips/rotations/intensity inversion applied to the whole episode; per-image
-affine, contrast and noise), and minimises soft Dice + BCE of the query prediction.
+affine, contrast and noise), and minimises soft Dice + BCE of the query prediction. With
+``--arch tyche`` the network draws ``--k`` candidates and only the best one against a
+randomly grown/shrunk version of the query mask (another plausible rater) is penalised.
 Validation episodes (held-out AAL structures; LiTS liver from the half never trained on)
 are scored every ``--eval-every`` seconds into the JSON-lines curve. Usage::
 
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..models.tyche import TycheTS
 from ..models.universeg import UniverSeg
 from . import incontext_data as D
 
@@ -81,6 +86,35 @@ def make_batch(tasks, groups, batch: int, rng: np.random.Generator):
     return [torch.stack(x) for x in zip(*eps, strict=True)]
 
 
+def rater_variant(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Another plausible annotation of ``(B, 1, H, W)`` masks: each grown or shrunk by 0-3 px.
+
+    Stands in for inter-rater variation at boundaries when training Tyche (the data has one
+    annotation per structure).
+    """
+    out = []
+    for m in mask:
+        r = int(rng.integers(-3, 4))
+        if r > 0:
+            m = F.max_pool2d(m[None], 2 * r + 1, 1, r)[0]
+        elif r < 0:
+            m = 1 - F.max_pool2d(1 - m[None], 2 * -r + 1, 1, -r)[0]
+        out.append(m)
+    return torch.stack(out)
+
+
+def best_candidate_loss(logits: torch.Tensor, target: torch.Tensor):
+    """Tyche loss: per episode the best of K candidates; ``(B, K, H, W)`` vs ``(B, 1, H, W)``."""
+    b, k = logits.shape[:2]
+    p = torch.sigmoid(logits).flatten(2)
+    t = target.flatten(2)
+    dice = (2 * (p * t).sum(2) + 1) / (p.sum(2) + t.sum(2) + 1)  # (B, K)
+    bce = F.binary_cross_entropy_with_logits(logits, target.expand_as(logits), reduction="none")
+    per = (1 - dice) + bce.flatten(2).mean(2)
+    best = per.argmin(1)
+    return per[torch.arange(b), best].mean(), dice[torch.arange(b), best].mean()
+
+
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft Dice (per image, smoothed so empty targets count) + BCE; returns (loss, dice)."""
     p = torch.sigmoid(logits).flatten(1)
@@ -111,7 +145,11 @@ def evaluate(model: UniverSeg, eps: list[tuple]) -> dict[str, float]:
     model.eval()
     scores = {"all": [], "liver": []}
     for name, si, sm, qi, qm in eps:
-        pred = (model(qi[None], si[None], sm[None]) > 0).float()
+        if isinstance(model, TycheTS):
+            noise = torch.randn(1, 4, 1, *qi.shape[-2:], generator=torch.Generator().manual_seed(0))
+            pred = (model(qi[None], si[None], sm[None], noise).mean(1, keepdim=True) > 0).float()
+        else:
+            pred = (model(qi[None], si[None], sm[None]) > 0).float()
         d = float(2 * (pred * qm).sum() / (pred.sum() + qm.sum()).clamp(min=1))
         scores["all"].append(d)
         if name.startswith("liver"):
@@ -128,7 +166,7 @@ def train(args: argparse.Namespace) -> None:
     tasks = {"aal": D.aal_tasks(), "lits": D.lits_tasks()}
     groups = {"aal": 0.55, "lits": 0.25, "synthetic": 0.2}
     val = validation_set(np.random.default_rng(1234))
-    model = UniverSeg((args.width,) * 4)
+    model = (TycheTS if args.arch == "tyche" else UniverSeg)((args.width,) * 4)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     t0, last_eval, step, best = time.time(), -1e9, 0, -1.0
     log = open(args.log, "a")
@@ -137,7 +175,11 @@ def train(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         si, sm, qi, qm = make_batch(tasks, groups, args.batch, rng)
-        loss, dice = loss_fn(model(qi, si, sm), qm)
+        if args.arch == "tyche":
+            noise = torch.randn(len(qi), args.k, 1, *qi.shape[-2:])
+            loss, dice = best_candidate_loss(model(qi, si, sm, noise), rater_variant(qm, rng))
+        else:
+            loss, dice = loss_fn(model(qi, si, sm), qm)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -177,6 +219,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Meta-train an in-context UniverSeg-type model.")
     p.add_argument("--minutes", type=float, default=60.0)
     p.add_argument("--width", type=int, default=16)
+    p.add_argument("--arch", choices=("universeg", "tyche"), default="universeg")
+    p.add_argument("--k", type=int, default=4, help="Tyche candidates per query in training")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)

@@ -1,0 +1,154 @@
+"""Stochastic in-context segmentation on held-out real slices; prints JSON.
+
+Targets and supports as in ``bench_incontext.py`` (interleaved protocol, 8 supports): LiTS-117
+liver (axis 0, evaluation half) and the 10 held-out AAL structures (axis 2). Queries: the
+non-support slices of each structure's extent where it is present (at most ``--queries`` per
+structure, evenly spaced). For each sampler (``K`` samples) and the deterministic
+``incontext-small``:
+
+* best-candidate Dice (max over samples) vs the deterministic Dice;
+* GED (d = 1 - Dice) of the samples vs GED of K copies of the deterministic prediction;
+* diversity (mean pairwise 1 - Dice) overall and on the most vs least boundary-dominated
+  targets (top / bottom third by perimeter / area);
+* entropy of the samples as an error detector: AUROC over voxels and error rate by decile;
+* time of K samples of one 256x256 slice vs one deterministic prediction (median of repeats).
+
+Usage::
+
+    PYTHONPATH=core python benchmarks/bench_uncertainty.py --out docs/bench_uncertainty.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_incontext import DATA, load_targets, make_support, protocol_slices
+from scipy import ndimage as ndi
+from torch.nn import functional as F
+
+from fmseg import uncertainty as U
+from fmseg.incontext import build_backend, build_sampler, normalise, volume_window
+from fmseg.incontext.segment import _supports
+from fmseg.weights import WeightsError
+
+
+def boundary_ratio(mask: np.ndarray) -> float:
+    """Boundary pixels / area: high for thin or small, boundary-dominated targets."""
+    edge = mask & ~ndi.binary_erosion(mask)
+    return float(edge.sum() / max(1, mask.sum()))
+
+
+def queries_for(target: dict, n_queries: int) -> tuple[list[int], list[int]]:
+    """Support slices (8, interleaved) and evenly spaced query slices with the structure."""
+    sup, qry = protocol_slices(target["labels"], target["axis"], 8, "interleaved")
+    present = [i for i in qry if target["labels"].take(i, target["axis"]).any()]
+    pick = np.unique(np.linspace(0, len(present) - 1, min(n_queries, len(present))).round())
+    return sup, [present[int(i)] for i in pick]
+
+
+def evaluate(sampler, det, targets: list[dict], n_queries: int) -> dict:
+    """All metrics for one sampler against the deterministic backend."""
+    rows, ent_all, err_all = [], [], []
+    for t in targets:
+        sup, qry = queries_for(t, n_queries)
+        supports = _supports(make_support(t, sup, False), None)
+        win = t["window"] if t["window"] is not None else volume_window(t["image"])
+        q = normalise(np.moveaxis(t["image"], t["axis"], 0)[qry], win)
+        gt = np.moveaxis(t["labels"], t["axis"], 0)[qry] > 0
+        samples = sampler.sample(sampler.prepare(supports), q)  # (K, N, H, W)
+        detp = det.predict(det.prepare(supports), q)
+        for j in range(len(qry)):
+            s, d = samples[:, j], detp[j] > 0.5
+            copies = np.repeat(d[None], len(s), 0)
+            rows.append(
+                {
+                    "group": t["group"],
+                    "best": U.best_candidate_dice(s, gt[j]),
+                    "det": U.dice(d, gt[j]),
+                    "mean_dice": U.dice(U.mean_probability(s) > 0.5, gt[j]),
+                    "ged": U.ged(s, gt[j]),
+                    "ged_det": U.ged(copies, gt[j]),
+                    "diversity": U.diversity(s),
+                    "ratio": boundary_ratio(gt[j]),
+                }
+            )
+            ent_all.append(U.entropy(s).ravel())
+            err_all.append(((U.mean_probability(s) > 0.5) != gt[j]).ravel())
+    return summarise(rows, np.concatenate(ent_all), np.concatenate(err_all))
+
+
+def summarise(rows: list[dict], ent: np.ndarray, err: np.ndarray) -> dict:
+    """Means per group, diversity by boundary tercile, entropy AUROC."""
+    out: dict = {}
+    for g in ("liver", "aal", "all"):
+        sel = [r for r in rows if g == "all" or r["group"] == g]
+        out[g] = {k: round(float(np.mean([r[k] for r in sel])), 4) for k in sel[0] if k != "group"}
+        out[g]["n"] = len(sel)
+    ratios = np.array([r["ratio"] for r in rows])
+    lo, hi = np.quantile(ratios, (1 / 3, 2 / 3))
+    div = np.array([r["diversity"] for r in rows])
+    out["diversity_boundary_dominated"] = round(float(div[ratios >= hi].mean()), 4)
+    out["diversity_compact"] = round(float(div[ratios <= lo].mean()), 4)
+    out["entropy_auroc"] = round(U.auroc(ent, err), 4)
+    out["error_rate_by_entropy_decile"] = [round(x, 4) for x in U.error_rate_by_decile(ent, err)]
+    return out
+
+
+def timing(sampler, det, target: dict, repeats: int) -> dict:
+    """Seconds for K samples vs one deterministic prediction of one 256x256 slice."""
+    sup, qry = queries_for(target, 1)
+    supports = _supports(make_support(target, sup, False), None)
+    q = normalise(np.moveaxis(target["image"], target["axis"], 0)[qry[:1]], target["window"])
+    q = F.interpolate(torch.from_numpy(q)[None], (256, 256), mode="bilinear")[0].numpy()
+    ts, td = [], []
+    st, dt = sampler.prepare(supports), det.prepare(supports)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sampler.sample(st, q)
+        ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        det.predict(dt, q)
+        td.append(time.perf_counter() - t0)
+    s, d = float(np.median(ts)), float(np.median(td))
+    return {"samples_s": round(s, 4), "deterministic_s": round(d, 4), "ratio": round(s / d, 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run and print JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--samplers", default="tyche-small,incontext-small+tta")
+    p.add_argument("--deterministic", default="incontext-small")
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--queries", type=int, default=12, help="query slices per structure")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    targets = load_targets(DATA)
+    det = build_backend(args.deterministic, device="cpu")
+    result: dict = {"k": args.k, "deterministic": args.deterministic, "samplers": {}}
+    for name in args.samplers.split(","):
+        try:
+            sampler = build_sampler(name, k=args.k, device="cpu")
+        except (WeightsError, KeyError) as err:
+            result["samplers"][name] = {"skipped": str(err)}
+            continue
+        t0 = time.perf_counter()
+        res = evaluate(sampler, det, targets, args.queries)
+        res["time"] = timing(sampler, det, targets[0], args.repeats)
+        res["wall_s"] = round(time.perf_counter() - t0, 1)
+        result["samplers"][name] = res
+        print(name, json.dumps(res), flush=True)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
