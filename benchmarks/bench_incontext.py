@@ -12,6 +12,9 @@ Protocols (support slices are never evaluated):
 * ``split``: supports evenly spaced inside the first half of the extent, queries = the second half
   (+2 slices beyond its end): the supports come from another part of the volume.
 
+Every 2nd candidate query slice is scored (half the run time; ``protocol_slices(step=1)``
+for all).
+
 Score: Dice over the stack of query slices, mean over structures. ``shuffled`` rows run a
 backend with each support mask flipped in both axes and moved to another support image (the
 structure no longer matches its image), at one support size: a network must do clearly
@@ -66,8 +69,8 @@ def load_targets(data: Path) -> list[dict]:
     return out
 
 
-def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str):
-    """``(support indices, query indices)`` along ``axis``."""
+def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str, step: int = 2):
+    """``(support indices, query indices)`` along ``axis``; every ``step``-th query slice."""
     other = tuple(a for a in range(3) if a != axis)
     present = np.flatnonzero(labels.any(axis=other))
     lo, hi = int(present.min()), int(present.max())
@@ -79,7 +82,7 @@ def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str):
         sup = np.unique(np.linspace(lo, hi, n + 2)[1:-1].round().astype(int))
         qry = range(max(0, lo - 2), min(labels.shape[axis], hi + 3))
     sup = [int(i) for i in sup if labels.take(i, axis).any()]
-    return sup, [i for i in qry if i not in set(sup)]
+    return sup, [i for i in list(qry)[::step] if i not in set(sup)]
 
 
 def make_support(target: dict, slices: list[int], shuffled: bool) -> SupportSet:

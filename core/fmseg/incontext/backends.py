@@ -85,8 +85,10 @@ class UniverSegBackend(Backend):
     Args:
         model: :class:`~fmseg.models.universeg.UniverSeg` in eval mode.
         size: Square input side (128 for every published/shipped model).
-        ensemble: Number of random support subsets averaged (1: all supports at once).
-        subset: Supports per ensemble member (None: all of them).
+        ensemble: Least number of support subsets averaged (1: all supports at once).
+        subset: Supports per ensemble member (None: all of them). With more supports than
+            ``subset``, the members first partition the supports (so all are used), then
+            random subsets are added up to ``ensemble`` members.
         batch_images: Bound on ``queries x supports`` per forward pass (memory).
         seed: Seed of the subset sampling, so results are reproducible.
     """
@@ -116,9 +118,17 @@ class UniverSegBackend(Backend):
         if self.ensemble == 1 and k == n:
             return [(imgs, masks)]
         rng = np.random.default_rng(self.seed)
+        # first members: a random partition, so every support is used; then random subsets
+        perm = rng.permutation(n)
+        chunks = [perm[i : i + k] for i in range(0, n, k)]
+        if len(chunks[-1]) < k:
+            rest = np.setdiff1d(np.arange(n), chunks[-1])
+            chunks[-1] = np.r_[chunks[-1], rng.choice(rest, k - len(chunks[-1]), replace=False)]
+        while len(chunks) < self.ensemble:
+            chunks.append(rng.choice(n, size=k, replace=False))
         members = []
-        for _ in range(self.ensemble):
-            idx = torch.from_numpy(np.sort(rng.choice(n, size=k, replace=False)))
+        for c in chunks:
+            idx = torch.from_numpy(np.sort(c))
             members.append((imgs[idx], masks[idx]))
         return members
 

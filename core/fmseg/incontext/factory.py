@@ -11,6 +11,8 @@ from .baselines import IntensityBackend, InterpolationBackend, NearestBackend
 from .prototype import PrototypeBackend
 from .stochastic import AugmentedSampler, TycheBackend
 
+TRAINED_SUPPORT = 8  # largest support set in incontext-small's training episodes
+
 BACKENDS = {
     "incontext-small": "fmseg's own UniverSeg-type network (shipped, trained on CPU)",
     "universeg-v1": "the reference UniverSeg v1 (needs its checkpoint or a download)",
@@ -38,11 +40,14 @@ def build_backend(
         tiny: Random tiny networks (tests).
         checkpoint: Weights replacing the registered ones (e.g. ``universeg_v1_nf64_ss64_STA.pt``).
         ensemble: Random support subsets averaged by network backends.
-        subset: Supports per ensemble member (None: all).
+        subset: Supports per ensemble member (None: all; ``incontext-small``: 8, the most
+            it was trained with).
         prompt_model: Registry entry used by the prototype backend.
     """
     if name in ("incontext-small", "universeg-v1"):
         model = load_model(name, checkpoint=checkpoint, tiny=tiny, device=device)
+        if subset is None and name == "incontext-small":
+            subset = TRAINED_SUPPORT  # never more supports per pass than it was trained with
         return UniverSegBackend(model, ensemble=ensemble, subset=subset)
     if name == "prototype":
         spec = get_spec(prompt_model)

@@ -41,7 +41,7 @@ class PrototypeBackend(Backend):
         refine: bool = True,
     ):
         self.predictor = predictor
-        self.cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 29)
+        self.cache = cache if cache is not None else EmbeddingCache(max_bytes=1 << 30)
         self.min_cells, self.refine = min_cells, refine
 
     def embed(self, image: np.ndarray) -> SliceEmbedding:
@@ -50,9 +50,10 @@ class PrototypeBackend(Backend):
         feats = self.cache.get(key)
         if feats is None:
             emb = self.predictor.embed(image, window=(0.0, 1.0))
-            self.cache.put(key, emb.features)
+            self.cache.put(key, emb.features.half())  # half the memory; prototypes are cosines
             return emb
-        return SliceEmbedding(feats.to(self.predictor.device), self.predictor.frame(image.shape))
+        feats = feats.to(self.predictor.device, torch.float32)
+        return SliceEmbedding(feats, self.predictor.frame(image.shape))
 
     @staticmethod
     def _cells(emb: SliceEmbedding, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
