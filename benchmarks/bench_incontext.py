@@ -7,8 +7,8 @@ Targets never used for training ``incontext-small`` (see ``fmseg/weights/inconte
 
 Protocols (support slices are never evaluated):
 
-* ``interleaved``: ``n`` supports evenly spaced inside the structure's extent, queries = every
-  other slice of the extent plus 2 slices beyond each end (empty targets count);
+* ``interleaved``: ``n`` supports evenly spaced inside the structure's extent, queries = the
+  other slices of the extent plus 2 slices beyond each end (empty targets count);
 * ``split``: supports evenly spaced inside the first half of the extent, queries = the second half
   (+2 slices beyond its end): the supports come from another part of the volume.
 
@@ -70,19 +70,26 @@ def load_targets(data: Path) -> list[dict]:
 
 
 def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str, step: int = 2):
-    """``(support indices, query indices)`` along ``axis``; every ``step``-th query slice."""
+    """``(support indices, query indices)`` along ``axis``; every ``step``-th query slice.
+
+    Support positions for every ``n`` are drawn from one fixed set of up to 16 evenly spaced
+    slices, and queries exclude that whole set, so the query slices are the same for every
+    support size (scores are comparable along the curve).
+    """
     other = tuple(a for a in range(3) if a != axis)
     present = np.flatnonzero(labels.any(axis=other))
     lo, hi = int(present.min()), int(present.max())
+    mid = (lo + hi) // 2
+    end = mid if protocol == "split" else hi
+    pool = np.unique(np.linspace(lo, end, 18)[1:-1].round().astype(int))
+    pool = np.array([i for i in pool if labels.take(i, axis).any()])
+    pick = np.unique(np.linspace(0, len(pool) - 1, n + 2)[1:-1].round().astype(int))
+    sup = [int(i) for i in (pool if n >= len(pool) else pool[pick])]
     if protocol == "split":
-        mid = (lo + hi) // 2
-        sup = np.unique(np.linspace(lo, mid, n + 2)[1:-1].round().astype(int))
         qry = range(mid + 1, min(labels.shape[axis], hi + 3))
     else:
-        sup = np.unique(np.linspace(lo, hi, n + 2)[1:-1].round().astype(int))
         qry = range(max(0, lo - 2), min(labels.shape[axis], hi + 3))
-    sup = [int(i) for i in sup if labels.take(i, axis).any()]
-    return sup, [i for i in list(qry)[::step] if i not in set(sup)]
+    return sup, [i for i in list(qry)[::step] if i not in set(pool.tolist())]
 
 
 def make_support(target: dict, slices: list[int], shuffled: bool) -> SupportSet:

@@ -141,6 +141,8 @@ def sample_episode(task: Task, n_support: int, rng: np.random.Generator, empty_p
         q = int(rng.choice(task.absent.numpy()))
     else:
         q, idx = int(idx[-1]), idx[:-1]
+    if len(idx) == 0:  # a task with one usable slice (e.g. synthetic): support = query slice
+        idx = np.array([q])
     idx = rng.choice(idx, size=n_support, replace=len(idx) < n_support)
     si, sm = task.images[idx][:, None], task.masks[idx][:, None].float()
     return si, sm, task.images[q][None], task.masks[q][None].float()

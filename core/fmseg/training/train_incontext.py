@@ -167,6 +167,8 @@ def train(args: argparse.Namespace) -> None:
     groups = {"aal": 0.55, "lits": 0.25, "synthetic": 0.2}
     val = validation_set(np.random.default_rng(1234))
     model = (TycheTS if args.arch == "tyche" else UniverSeg)((args.width,) * 4)
+    if args.init is not None:  # resume from a checkpoint written by save()
+        model.load_state_dict(torch.load(args.init, weights_only=True)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     t0, last_eval, step, best = time.time(), -1e9, 0, -1.0
     log = open(args.log, "a")
@@ -226,6 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=float, default=300.0, help="seconds between validations")
+    p.add_argument("--init", type=Path, default=None, help="start from this checkpoint")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--log", type=Path, default=Path("incontext_curve.jsonl"))
     return p.parse_args(argv)
