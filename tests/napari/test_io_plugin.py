@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import nibabel as nib
@@ -112,6 +113,14 @@ def test_manifest_points_at_existing_functions() -> None:
         module, func = commands[command_id].split(":")
         assert module == "napari_fmseg._io"
         assert callable(getattr(_io, func))
-    [widget] = manifest["contributions"]["widgets"]
-    assert widget["display_name"] == "Segment"
-    assert commands[widget["command"]] == "napari_fmseg._widget:SegmentWidget"
+    widgets = {
+        w["display_name"]: commands[w["command"]] for w in manifest["contributions"]["widgets"]
+    }
+    assert widgets == {
+        "Segment": "napari_fmseg._widget:SegmentWidget",
+        "In-context": "napari_fmseg._incontext_widget:InContextWidget",
+        "Uncertainty": "napari_fmseg._uncertainty_widget:UncertaintyWidget",
+    }
+    for python_name in widgets.values():
+        module, name = python_name.split(":")
+        assert callable(getattr(importlib.import_module(module), name))
