@@ -320,20 +320,27 @@ class InContextWidget(mw.Container):
         """Segment every slice of the volume along the slicing axis (in a worker)."""
         self._segment(whole=True)
 
-    def _segment(self, whole: bool) -> None:
+    def _run_context(self, whole: bool) -> tuple[Image, int, int, int, list[slice]] | None:
+        """``(image, label value, axis, slice index, region)`` of a run, or None (said why)."""
         if self._job is not None:
             self._error(f"{self._job_name} is still running: wait for it, or press Cancel")
-            return
+            return None
         if (image := self._volume_image()) is None:
-            return
+            return None
         value = int(self._label.value)
         if problem := self._problem(image, value):
             self._error(problem)
-            return
+            return None
         axis, index = self._axis.value, self.current_slice()
         region = [slice(0, n) for n in image.data.shape]
         if not whole:
             region[axis] = slice(index, index + 1)
+        return image, value, axis, index, region
+
+    def _segment(self, whole: bool) -> None:
+        if (ctx := self._run_context(whole)) is None:
+            return
+        image, value, axis, index, region = ctx
         key = (str(self._backend_name.value), int(self._ensemble.value))
         work = _segment_work(
             functools.partial(self._get_backend, key),

@@ -166,19 +166,9 @@ class UncertaintyWidget(InContextWidget):
         self._segment(whole=True)
 
     def _segment(self, whole: bool) -> None:
-        if self._job is not None:
-            self._error(f"{self._job_name} is still running: wait for it, or press Cancel")
+        if (ctx := self._run_context(whole)) is None:
             return
-        if (image := self._volume_image()) is None:
-            return
-        value = int(self._label.value)
-        if problem := self._problem(image, value):
-            self._error(problem)
-            return
-        axis, index = self._axis.value, self.current_slice()
-        region = [slice(0, n) for n in image.data.shape]
-        if not whole:
-            region[axis] = slice(index, index + 1)
+        image, value, axis, index, region = ctx
         key = (str(self._sampler_name.value), int(self._k.value))
         work = _sample_work(
             functools.partial(self._get_sampler, key),

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .universeg import ConvAct, Grouped, _up, grouped
+from .universeg import ConvAct, Grouped, cross_unet, grouped
 
 
 class CrossOpAct(nn.Module):
@@ -106,18 +106,7 @@ class TycheTS(nn.Module):
         k = noise.shape[1]
         target = torch.cat([target_image[:, None].expand(-1, k, -1, -1, -1), noise], dim=2)
         support = torch.cat([support_images, support_labels], dim=2)
-        skips = []
-        for i, block in enumerate(self.enc_blocks):
-            target, support = block(target, support)
-            if i < len(self.enc_blocks) - 1:
-                skips.append((target, support))
-                target = grouped(lambda x: F.max_pool2d(x, 2), target)
-                support = grouped(lambda x: F.max_pool2d(x, 2), support)
-        for block in self.dec_blocks:
-            t_skip, s_skip = skips.pop()
-            target = torch.cat([_up(target), t_skip], dim=2)
-            support = torch.cat([_up(support), s_skip], dim=2)
-            target, support = block(target, support)
+        target = cross_unet(self.enc_blocks, self.dec_blocks, target, support)
         return grouped(self.out_conv, target)[:, :, 0]
 
 

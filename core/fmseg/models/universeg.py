@@ -135,21 +135,9 @@ class UniverSeg(nn.Module):
 
     def features(self, target: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
         """Run the U-Net: ``(B, K, Ct, H, W), (B, S, 2, H, W) -> (B, K, C, H, W)``."""
-        skips = []
-        for i, block in enumerate(self.enc_blocks):
-            target, support = block(target, support)
-            if i < len(self.enc_blocks) - 1:
-                skips.append((target, support))
-                target = grouped(lambda x: F.max_pool2d(x, 2), target)
-                support = grouped(lambda x: F.max_pool2d(x, 2), support)
-        for i, block in enumerate(self.dec_blocks):
-            t_skip, s_skip = skips.pop()
-            target = torch.cat([_up(target), t_skip], dim=2)
-            support = torch.cat([_up(support), s_skip], dim=2)
-            if i == len(self.dec_blocks) - 1:
-                return block.target_only(target, support)
-            target, support = block(target, support)
-        return target
+        return cross_unet(
+            self.enc_blocks, self.dec_blocks, target, support, self.dec_blocks[-1].target_only
+        )
 
     def forward(
         self, target_image: torch.Tensor, support_images: torch.Tensor, support_labels: torch.Tensor
@@ -167,6 +155,37 @@ class UniverSeg(nn.Module):
         support = torch.cat([support_images, support_labels], dim=2)
         target = self.features(target_image[:, None], support)
         return self.out_conv(target[:, 0])
+
+
+def cross_unet(enc_blocks, dec_blocks, target, support, last=None) -> torch.Tensor:
+    """The shared U-Net pass of UniverSeg and Tyche over paired (target, support) blocks.
+
+    Args:
+        enc_blocks: Blocks ``(target, support) -> (target, support)``, one per level.
+        dec_blocks: Decoder blocks, fed the upsampled features concatenated with the skips.
+        target: ``(B, K, Ct, H, W)``.
+        support: ``(B, S, Cs, H, W)``.
+        last: Optional ``(target, support) -> target`` replacing the last decoder block
+            (its support output is never used).
+
+    Returns:
+        ``(B, K, C, H, W)`` target features.
+    """
+    skips = []
+    for i, block in enumerate(enc_blocks):
+        target, support = block(target, support)
+        if i < len(enc_blocks) - 1:
+            skips.append((target, support))
+            target = grouped(lambda x: F.max_pool2d(x, 2), target)
+            support = grouped(lambda x: F.max_pool2d(x, 2), support)
+    for i, block in enumerate(dec_blocks):
+        t_skip, s_skip = skips.pop()
+        target = torch.cat([_up(target), t_skip], dim=2)
+        support = torch.cat([_up(support), s_skip], dim=2)
+        if last is not None and i == len(dec_blocks) - 1:
+            return last(target, support)
+        target, support = block(target, support)
+    return target
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
