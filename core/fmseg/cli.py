@@ -1,4 +1,4 @@
-"""Command line: ``fmseg segment``, ``fmseg incontext`` and ``fmseg models``.
+"""Command line: ``fmseg segment``, ``fmseg incontext``, ``fmseg uncertainty``, ``fmseg models``.
 
 Coordinates on the command line are voxel indices of the two axes that remain after
 removing ``--axis``, in ascending axis order. For a NIfTI file (x, y, z) and ``--axis 2``
@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import cli_incontext
+from . import cli_incontext, cli_uncertainty
 from .io import load_volume, save_labels
 from .progress import Progress, drain
 from .prompts import Box, Point, Prompts
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     cli_incontext.add_parser(sub)
+    cli_uncertainty.add_parser(sub)
     return p
 
 
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             list_models()
         elif args.command == "incontext":
             cli_incontext.run(args)
+        elif args.command == "uncertainty":
+            cli_uncertainty.run(args)
         else:
             segment(args)
     except (ValueError, FileNotFoundError, RuntimeError, IndexError) as err:

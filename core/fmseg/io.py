@@ -320,3 +320,23 @@ def save_volume(
     writer = _write_nrrd if volume_format(p) == ".nrrd" else _write_nifti
     _write_atomic(p, lambda tmp: writer(tmp, arr, aff))
     return p
+
+
+def save_samples(path: str | os.PathLike[str], samples: np.ndarray, affine: np.ndarray) -> Path:
+    """Write ``(K, X, Y, Z)`` sample probabilities atomically as a 4D float32 NIfTI.
+
+    The samples become the 4th NIfTI dimension (``(X, Y, Z, K)``), as viewers expect.
+
+    Raises:
+        ValueError: Not a NIfTI path, not a ``(K, X, Y, Z)`` stack, NaN/inf or a bad affine.
+    """
+    p = Path(path)
+    if volume_format(p) == ".nrrd":
+        raise ValueError("4D samples are written as NIfTI (.nii or .nii.gz)")
+    arr = np.asarray(samples, dtype=np.float32)
+    if arr.ndim != 4:
+        raise ValueError(f"samples must be a (K, X, Y, Z) stack, got shape {arr.shape}")
+    _check_finite(arr, p)
+    aff = _check_affine(affine)
+    _write_atomic(p, lambda tmp: _write_nifti(tmp, np.moveaxis(arr, 0, -1), aff))
+    return p

@@ -89,3 +89,23 @@ def test_incontext_cli_errors_are_messages(tmp_path, capsys):
     assert main(["incontext", "--support", f"{img}", "--query", str(img), "--out", str(out)]) == 2
     assert "IMG:MASK" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_uncertainty_cli_writes_samples_mean_entropy(tmp_path):
+    img, lab, _ = _cone(tmp_path, "a")
+    s, m, e = tmp_path / "s.nii.gz", tmp_path / "m.nii.gz", tmp_path / "e.nii.gz"
+    args = ["uncertainty", "--support", f"{img}:{lab}:3,6,9,12", "--query", str(img)]
+    args += ["--sampler", "nearest+tta", "--k", "3", "--samples", str(s), "--mean", str(m)]
+    assert main([*args, "--entropy", str(e)]) == 0
+    samples = nib.load(s)
+    assert samples.shape == (40, 40, 16, 3)
+    assert np.allclose(samples.affine, nib.load(img).affine)
+    mean = nib.load(m).get_fdata()
+    assert np.allclose(mean, samples.get_fdata().mean(-1), atol=1e-5)
+    assert 0 <= nib.load(e).get_fdata().min() and nib.load(e).get_fdata().max() <= 1
+
+
+def test_uncertainty_cli_needs_an_output(tmp_path, capsys):
+    img, lab, _ = _cone(tmp_path, "a")
+    assert main(["uncertainty", "--support", f"{img}:{lab}:5", "--query", str(img)]) == 2
+    assert "--samples" in capsys.readouterr().err
