@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from .progress import Progress, Work
 from .prompts import Box, Prompts
+from .uncertainty import dice
 
 if TYPE_CHECKING:
     from .session import Session
@@ -57,12 +58,6 @@ class PropagationResult:
     def reason(self) -> str:
         """Both stopping reasons in one line."""
         return "; ".join(f"{k}: {v}" for k, v in self.reasons.items())
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (1.0 when both are empty)."""
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / float(total)
 
 
 def keep_connected(mask: np.ndarray, reference: np.ndarray, reach: int) -> np.ndarray:

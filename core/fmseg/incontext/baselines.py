@@ -12,21 +12,9 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..refine import largest_component
+from ..uncertainty import dice
 from .backends import Backend, Position, Supports, resize
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4/8-connected component of a 2D mask (empty stays empty)."""
-    lab, n = ndi.label(mask)
-    if n <= 1:
-        return mask
-    sizes = ndi.sum_labels(mask, lab, index=np.arange(1, n + 1))
-    return lab == (1 + int(np.argmax(sizes)))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
 class IntensityBackend(Backend):
@@ -58,7 +46,7 @@ class IntensityBackend(Backend):
                 for cc in (False, True):
                     d = np.mean(
                         [
-                            _dice(self._apply(i, lo, hi, cc), m)
+                            dice(self._apply(i, lo, hi, cc), m)
                             for i, m in zip(imgs, masks, strict=True)
                         ]
                     )

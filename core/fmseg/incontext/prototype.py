@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from torch.nn import functional as F
 
 from ..cache import EmbeddingCache, array_digest
 from ..predictor import SamPredictor, SliceEmbedding
 from ..prompts import Box, Point, Prompts
+from ..refine import largest_component
 from .backends import Backend, Supports
 
 
@@ -92,11 +92,7 @@ class PrototypeBackend(Backend):
         sim = torch.einsum("kc,chw->khw", protos, f)
         _, valid = self._cells(emb, np.ones(query.shape, bool))
         score = torch.where(valid, sim[0] - sim[1], torch.tensor(-1.0)).numpy()
-        lab, n = ndi.label(score > 0)
-        if n == 0:
-            return np.zeros(query.shape, np.float32)
-        sizes = ndi.sum_labels(score > 0, lab, np.arange(1, n + 1))
-        region = lab == 1 + int(np.argmax(sizes))
+        region = largest_component(score > 0)
         if region.sum() < self.min_cells:
             return np.zeros(query.shape, np.float32)
         prompts = Prompts(

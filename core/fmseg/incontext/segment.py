@@ -71,6 +71,28 @@ def add_slice(
     support.add(img, lab, win, src, axis, index)
 
 
+def volume_queries(
+    volume: np.ndarray,
+    axis: int,
+    window: tuple[float, float] | None,
+    slices: list[int] | None,
+    source: str | None,
+) -> tuple[np.ndarray, list[int], np.ndarray, list[Position]]:
+    """Checked volume with ``axis`` first, query indices, normalised queries, positions.
+
+    Raises:
+        ValueError: Not a finite, non-constant 3D volume.
+    """
+    volume = check_volume(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    win = window if window is not None else volume_window(volume)
+    idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
+    moved = np.moveaxis(volume, axis, 0)
+    src = source if source is not None else volume_source(volume)
+    return moved, idx, normalise(moved[idx], win), [(src, axis, i) for i in idx]
+
+
 @dataclass(frozen=True)
 class InContextResult:
     """Segmentation of a stack of query slices.
@@ -172,15 +194,7 @@ def segment_volume_iter(
     Returns:
         (via StopIteration) An :class:`InContextResult` whose arrays have the volume's shape.
     """
-    volume = check_volume(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
-    win = window if window is not None else volume_window(volume)
-    idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
-    moved = np.moveaxis(volume, axis, 0)
-    queries = normalise(moved[idx], win)
-    src = source if source is not None else volume_source(volume)
-    pos = [(src, axis, i) for i in idx]
+    moved, idx, queries, pos = volume_queries(volume, axis, window, slices, source)
     res = yield from segment_slices_iter(backend, support, queries, pos, labels, batch)
     probs = {}
     for v, p in res.probs.items():

@@ -15,8 +15,8 @@ import torch
 
 from ..progress import Progress, Work
 from .backends import Backend, Supports, resize, stack_resized
-from .segment import _supports, volume_source, volume_window
-from .support import SupportSet, normalise
+from .segment import _supports, volume_queries
+from .support import SupportSet
 
 
 class TycheBackend(Backend):
@@ -192,17 +192,8 @@ def sample_volume_iter(
         batch: Queries per step.
         source: Identity of ``volume`` matching the supports' (see ``add_slice``).
     """
-    volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
-    win = window if window is not None else volume_window(volume)
-    idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
-    moved = np.moveaxis(volume, axis, 0)
-    src = source if source is not None else volume_source(volume)
-    pos = [(src, axis, i) for i in idx]
-    part = yield from sample_slices_iter(
-        sampler, support, normalise(moved[idx], win), label, pos, batch
-    )
+    moved, idx, queries, pos = volume_queries(volume, axis, window, slices, source)
+    part = yield from sample_slices_iter(sampler, support, queries, label, pos, batch)
     full = np.zeros((part.shape[0], *moved.shape), np.float32)
     full[:, idx] = part
     return np.moveaxis(full, 1, axis + 1)

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from ..prompts import Point
 from ..refine import _FOUR, interior_distance, largest_component, refine_with_click
+from ..uncertainty import dice
 
 __all__ = [
     "centre_pixel",
@@ -96,10 +97,3 @@ def random_interior_click(gt: np.ndarray, rng: np.random.Generator, min_frac: fl
     rows, cols = np.nonzero(dist >= max(min_frac * dist.max(), 1.0))
     i = int(rng.integers(rows.size))
     return Point(float(cols[i]), float(rows[i]), True)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two ``(H, W)`` boolean masks (1.0 when both are empty)."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
