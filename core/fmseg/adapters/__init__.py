@@ -1,0 +1,1 @@
+"""Few-shot adaptation of pretrained models: adapter methods, trainer, checkpoints."""

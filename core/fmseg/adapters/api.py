@@ -1,0 +1,203 @@
+"""Public adapter API: build, train, save, load and apply adapters of registered base models.
+
+An adapter checkpoint is a small file holding only the trained tensors plus the base model's
+registry name and SHA-256, the method and settings, and the training metrics. Loading checks
+the base: an adapter trained on other weights is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..progress import Work
+from ..registry import get_spec, load_model
+from ..weights import WeightsError, WeightsSource, resolve, sha256_of
+from .bases import (
+    AdaptedModel,
+    AdapterConfig,
+    SamAdapted,
+    VolumeAdapted,
+    apply_methods,
+    init_probe_from_base,
+)
+from .data import Annotation, slice_samples, volume_sample
+from .feeders import SliceFeeder, VolumeFeeder
+from .trainer import AdaptResult, TrainSettings, train_iter
+
+FORMAT = "fmseg-adapter/1"
+
+
+class AdapterError(ValueError):
+    """An adapter checkpoint that cannot be used (wrong base, wrong format, corrupt)."""
+
+
+def base_fingerprint(base: str, tiny: bool = False, checkpoint: str | None = None) -> str:
+    """SHA-256 identifying the base weights (``"tiny-random"`` for test models)."""
+    if tiny:
+        return "tiny-random"
+    spec = get_spec(base)
+    source = WeightsSource("file", str(checkpoint)) if checkpoint else spec.weights
+    if source is None:
+        raise WeightsError(f"model '{base}' needs a checkpoint file: pass checkpoint=PATH")
+    return source.sha256 or sha256_of(resolve(source))
+
+
+def _spacing(base: str) -> float:
+    return float(get_spec(base).extra.get("spacing_mm", 1.0))
+
+
+def build_adapted(
+    base: str,
+    config: AdapterConfig,
+    tiny: bool = False,
+    device: str | None = None,
+    checkpoint: str | None = None,
+) -> AdaptedModel:
+    """Load a registered base model and apply ``config``'s methods (adapters untrained)."""
+    spec = get_spec(base)
+    net = load_model(base, checkpoint=checkpoint, tiny=tiny, device=device)
+    if spec.kind == "promptable":
+        model: AdaptedModel = SamAdapted(base, net, config)
+        channels = net.mask_decoder.iou_token.embedding_dim
+    elif spec.kind == "volumetric":
+        model = VolumeAdapted(base, net, config)
+        channels = net.feature_channels
+    else:
+        raise AdapterError(f"'{base}' is a {spec.kind} model: adapters need a promptable or 3D one")
+    model.trainable = apply_methods(model, channels)
+    if isinstance(model, VolumeAdapted):
+        init_probe_from_base(model)
+    model.fingerprint = base_fingerprint(base, tiny, checkpoint)
+    return model.to(next(net.parameters()).device)
+
+
+def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings: TrainSettings):
+    """The feeder matching ``model`` (2D slices or 3D patches) for ``annotations``."""
+    if isinstance(model, SamAdapted):
+        samples = slice_samples(annotations, model.net.img_size)
+        return SliceFeeder(model, samples, settings.val_fraction, settings.augment, settings.seed)
+    samples = [volume_sample(a, _spacing(model.base_id)) for a in annotations]
+    axis = annotations[0].axis
+    return VolumeFeeder(
+        model, samples, axis, settings.patch, settings.val_fraction, settings.augment, settings.seed
+    )
+
+
+def train_adapter_iter(
+    annotations: Sequence[Annotation],
+    base: str = "litemedsam",
+    config: AdapterConfig | None = None,
+    settings: TrainSettings | None = None,
+    tiny: bool = False,
+    device: str | None = None,
+    checkpoint: str | None = None,
+) -> Work[AdaptResult]:
+    """Train an adapter on annotated images; yields progress, returns :class:`AdaptResult`.
+
+    Args:
+        annotations: Image + label + label value (+ annotated slices) per training image.
+        base: Registry name of the base model (``litemedsam``, ``hdbet``, ...).
+        config: Method and its options (default: decoder fine-tuning).
+        settings: Optimisation settings (defaults of :class:`TrainSettings`).
+        tiny: Tiny random-weight base (tests).
+        device: ``"cpu"``, ``"cuda"`` or None.
+        checkpoint: Local weights for bases without bundled weights.
+
+    Raises:
+        AnnotationError: Unusable annotations (message names the problem).
+        MethodError: Unknown method.
+        TrainingError: NaN loss or nothing to train.
+    """
+    if not annotations:
+        raise ValueError("give at least one annotated image to train on")
+    config, settings = config or AdapterConfig(), settings or TrainSettings()
+    torch.manual_seed(settings.seed)
+    model = build_adapted(base, config, tiny, device, checkpoint)
+    feeder = make_feeder(model, annotations, settings)
+    result = yield from train_iter(model, feeder, settings)
+    result.trainable = dict(model.trainable)
+    return result
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_adapter(path: str | os.PathLike, model: AdaptedModel, metrics: dict | None = None):
+    """Write only the adapter tensors + base identity + config + metrics, atomically."""
+    path = Path(path)
+    _atomic_save(
+        {
+            "format": FORMAT,
+            "base": model.base_id,
+            "base_sha256": model.fingerprint,
+            "config": model.config.to_dict(),
+            "state": model.adapter_state(),
+            "metrics": metrics or {},
+        },
+        path,
+    )
+    return path
+
+
+def read_adapter(path: str | os.PathLike) -> dict:
+    """Read and check an adapter file's structure (no model is built)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise AdapterError(f"adapter file not found: {path}") from None
+    except Exception as err:
+        raise AdapterError(f"{path} is not a readable adapter checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise AdapterError(f"{path} is not an fmseg adapter ({FORMAT}) file")
+    return ckpt
+
+
+def load_adapter(
+    path: str | os.PathLike,
+    base: str | None = None,
+    tiny: bool = False,
+    device: str | None = None,
+    checkpoint: str | None = None,
+) -> AdaptedModel:
+    """Rebuild the adapted model from an adapter file, refusing a mismatching base.
+
+    Args:
+        path: Adapter checkpoint.
+        base: Base model the caller intends to adapt (None: the one recorded in the file).
+        tiny: Use the tiny random-weight base (tests).
+        device: Device for the model.
+        checkpoint: Local base weights (must be the ones the adapter was trained on).
+
+    Raises:
+        AdapterError: Another base model or other base weights, or tensors that do not fit.
+    """
+    ckpt = read_adapter(path)
+    if base is not None and base != ckpt["base"]:
+        raise AdapterError(f"adapter {path} was trained for '{ckpt['base']}', not for '{base}'")
+    fingerprint = base_fingerprint(ckpt["base"], tiny, checkpoint)
+    if fingerprint != ckpt["base_sha256"]:
+        raise AdapterError(
+            f"adapter {path} was trained on other '{ckpt['base']}' weights "
+            f"(sha256 {ckpt['base_sha256'][:12]}..., these are {fingerprint[:12]}...)"
+        )
+    model = build_adapted(ckpt["base"], AdapterConfig(**ckpt["config"]), tiny, device, checkpoint)
+    expected = set(model.adapter_state())
+    if set(ckpt["state"]) != expected:
+        raise AdapterError(f"adapter {path} does not fit its base model's structure")
+    model.load_state_dict(ckpt["state"], strict=False)
+    model.metrics = ckpt.get("metrics", {})
+    return model.eval()

@@ -1,0 +1,207 @@
+"""A pretrained base network plus its adapters, behind one small interface.
+
+:class:`SamAdapted` wraps a SAM-family model (2D): ``head="box"`` keeps the promptable
+decoder (box prompts from the annotation during training), ``head="auto"`` adds a prompt-free
+head on the image embedding. :class:`VolumeAdapted` wraps a 3D network exposing
+``features(x)`` (HD-BET's U-Net, MONAI backbones) with a new binary head.
+
+Both expose ``parts`` (module-name prefixes of the encoder and decoder) so that methods can be
+applied to either, and ``cacheable`` (True when the encoder is frozen, so its outputs can be
+computed once and training runs on cached features).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import methods as M
+from .heads import build_head
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """How to adapt a base model.
+
+    Attributes:
+        method: Method string, e.g. ``"decoder"``, ``"lora"``, ``"lora+decoder"``,
+            ``"linear-probe"`` (see :data:`fmseg.adapters.methods.METHODS`).
+        where: Part the PEFT methods act on: ``"encoder"``, ``"decoder"`` or ``"both"``.
+        head: 2D only: ``"box"`` (promptable decoder) or ``"auto"`` (prompt-free head).
+            Black-box methods imply ``"auto"``. 3D models always use ``"auto"``.
+        rank: LoRA / ARENA rank.
+        alpha: LoRA / ARENA scale numerator.
+        arena_l1: Weight of the L1 penalty on ARENA's rank vector.
+        class_index: Pretrained output class to start the probe from (3D), or None.
+    """
+
+    method: str = "decoder"
+    where: str = "decoder"
+    head: str = "box"
+    rank: int = 4
+    alpha: float = 8.0
+    arena_l1: float = 0.02
+    class_index: int | None = None
+
+    def methods(self) -> tuple[str, ...]:
+        """The parsed method names.
+
+        Raises:
+            MethodError: Unknown names, or decoder fine-tuning combined with PEFT on the
+                decoder (it already trains every decoder weight: use ``where="encoder"``).
+        """
+        names = M.parse_method(self.method)
+        peft = set(names) & set(M.PEFT_METHODS)
+        if "decoder" in names and peft and self.where != "encoder":
+            raise M.MethodError(
+                f"'decoder' already trains the whole decoder; put {'/'.join(sorted(peft))} on "
+                "the encoder (where='encoder') to combine them"
+            )
+        return names
+
+    def resolved_head(self, dims: int) -> str:
+        """``"auto"`` for 3D or black-box methods, else :attr:`head`."""
+        if dims == 3 or set(self.methods()) & set(M.HEAD_METHODS):
+            return "auto"
+        if self.head not in ("box", "auto"):
+            raise M.MethodError(f"head must be 'box' or 'auto', not '{self.head}'")
+        return self.head
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints."""
+        return asdict(self)
+
+
+class AdaptedModel(nn.Module):
+    """Base network ``net`` + optional ``head``; subclasses define the parts and forward."""
+
+    dims = 2
+    parts: dict[str, tuple[str, ...]] = {}
+    lora_kinds: tuple[type, ...] = (nn.Linear, nn.Conv2d, nn.Conv3d)
+
+    def __init__(self, base_id: str, net: nn.Module, config: AdapterConfig) -> None:
+        super().__init__()
+        self.base_id = base_id
+        self.net = net
+        self.config = config
+        self.head_kind = config.resolved_head(self.dims)
+        self.head: nn.Module | None = None
+
+    def prefixes(self, where: str) -> tuple[str, ...]:
+        """Module-name prefixes (inside :attr:`net`) of ``"encoder"``, ``"decoder"``, ``"both"``."""
+        if where == "both":
+            return self.parts["encoder"] + self.parts["decoder"]
+        if where not in self.parts:
+            raise M.MethodError(f"where must be 'encoder', 'decoder' or 'both', not '{where}'")
+        return self.parts[where]
+
+    @property
+    def cacheable(self) -> bool:
+        """True when no encoder parameter trains (encoder outputs can be precomputed)."""
+        enc = self.prefixes("encoder")
+        return not any(p.requires_grad for n, p in self.net.named_parameters() if M._under(n, enc))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors (what an adapter checkpoint stores)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
+
+
+def apply_methods(model: AdaptedModel, feature_channels: int) -> dict[str, int]:
+    """Freeze ``model.net``, then apply each configured method; returns parameters per method."""
+    cfg = model.config
+    M.freeze(model.net)
+    counts: dict[str, int] = {}
+    prefixes = model.prefixes(cfg.where)
+    for name in cfg.methods():
+        if name in M.HEAD_METHODS:
+            model.head = build_head(name, feature_channels, model.dims)
+            counts[name] = M.trainable_count(model.head)
+        elif name == "decoder":
+            counts[name] = M.enable_all(model.net, model.prefixes("decoder"))
+        elif name == "bitfit":
+            counts[name] = M.enable_bitfit(model.net, prefixes)
+        elif name == "norm-affine":
+            counts[name] = M.enable_norm_affine(model.net, prefixes)
+        else:
+            targets = M.lora_targets(model.net, prefixes, model.lora_kinds)
+            inject = M.inject_lora if name == "lora" else M.inject_arena
+            counts[name] = inject(model.net, targets, cfg.rank, cfg.alpha)
+    if model.head_kind == "auto" and model.head is None:
+        model.head = build_head("linear-probe", feature_channels, model.dims)
+        counts["linear-probe"] = M.trainable_count(model.head)
+    return counts
+
+
+class SamAdapted(AdaptedModel):
+    """A SAM-family model adapted in 2D; batches are dicts of tensors.
+
+    Batch keys: ``image`` ``(B, 3, S, S)`` or ``embedding`` ``(B, C, h, w)`` (cached, frozen
+    encoder), and ``box`` ``(B, 4)`` xyxy in the ``S x S`` frame for ``head="box"``.
+    Output: ``(B, 1, S, S)`` logits.
+    """
+
+    dims = 2
+    parts = {"encoder": ("image_encoder",), "decoder": ("mask_decoder",)}
+    lora_kinds = (nn.Linear,)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> ``(B, C, h, w)`` image embedding."""
+        return self.net.image_encoder(image)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Batch dict -> ``(B, 1, S, S)`` logits."""
+        emb = batch["embedding"] if "embedding" in batch else self.embed(batch["image"])
+        size = self.net.img_size
+        if self.head_kind == "auto":
+            logits = self.head(emb)
+        else:
+            logits = self.net.decode(emb, boxes=batch["box"])[0][:, :1]
+        if logits.shape[-1] != size:
+            logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
+        return logits
+
+
+class VolumeAdapted(AdaptedModel):
+    """A 3D network with ``features(x)`` (and ideally ``encode``/``decode``) + a binary head.
+
+    Batch keys: ``image`` ``(B, 1, D, H, W)``, or ``levels`` (cached ``encode`` outputs) when
+    the encoder is frozen, or ``features`` when the whole network is frozen.
+    Output: ``(B, 1, D, H, W)`` logits.
+    """
+
+    dims = 3
+
+    def __init__(self, base_id: str, net: nn.Module, config: AdapterConfig) -> None:
+        super().__init__(base_id, net, config)
+        self.parts = {"encoder": tuple(net.ENCODER), "decoder": tuple(net.DECODER)}
+
+    @property
+    def frozen_net(self) -> bool:
+        """True when no parameter of the base network trains (black-box methods)."""
+        return not any(p.requires_grad for p in self.net.parameters())
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Batch dict -> ``(B, 1, D, H, W)`` logits."""
+        if "features" in batch:
+            feats = batch["features"]
+        elif "levels" in batch:
+            feats = self.net.decode(batch["levels"])
+        else:
+            feats = self.net.features(batch["image"])
+        return self.head(feats)
+
+
+def init_probe_from_base(model: VolumeAdapted) -> None:
+    """Start a 3D probe from the base's own output layer for ``config.class_index``."""
+    k = model.config.class_index
+    head = model.head.probe if hasattr(model.head, "probe") else model.head
+    if k is not None and hasattr(model.net, "seg_layer"):
+        head.init_from_classes(model.net.seg_layer.weight, positive=k, negative=0)

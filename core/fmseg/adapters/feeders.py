@@ -1,0 +1,226 @@
+"""Batches for the trainer: 2D slices (SAM family) and 3D patches (volumetric networks).
+
+A feeder splits the annotated slices into training and validation, precomputes whatever the
+frozen part of the network would compute on every step (image embeddings, encoder outputs or
+final features) in ``prepare()``, a generator yielding progress, then serves batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..progress import Progress, Work
+from .bases import SamAdapted, VolumeAdapted
+from .data import SliceSample, VolumeSample
+
+
+def split_indices(n: int, fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
+    """Random train/validation split of ``n`` items; no validation below 3 items."""
+    order = torch.randperm(n, generator=gen).tolist()
+    n_val = int(round(n * fraction)) if n >= 3 else 0
+    n_val = min(max(n_val, 1 if n >= 3 and fraction > 0 else 0), n - 1)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+class SliceFeeder:
+    """Batches of 2D slices for a :class:`SamAdapted` model.
+
+    Args:
+        model: The adapted model (its ``cacheable`` decides whether embeddings are cached).
+        samples: Annotated slices (see :func:`fmseg.adapters.data.slice_samples`).
+        val_fraction: Share held out for validation.
+        augment: Box jitter (cached) or also intensity jitter (encoder trained).
+        seed: Split seed.
+    """
+
+    def __init__(
+        self,
+        model: SamAdapted,
+        samples: Sequence[SliceSample],
+        val_fraction: float = 0.2,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if model.head_kind == "box":
+            samples = [s for s in samples if s.box is not None]
+        if not samples:
+            raise ValueError("no annotated slice contains the structure: nothing to train on")
+        self.model, self.augment = model, augment
+        train, val = split_indices(len(samples), val_fraction, torch.Generator().manual_seed(seed))
+        self.train = [samples[i] for i in train]
+        self.val = [samples[i] for i in val]
+        self.embeddings: dict[int, torch.Tensor] = {}
+
+    def prepare(self) -> Work[None]:
+        """Embed every slice once when the encoder is frozen (yields progress)."""
+        if not self.model.cacheable:
+            return
+        everything = self.train + self.val
+        with torch.no_grad():
+            for i, s in enumerate(everything):
+                self.embeddings[id(s)] = self.model.embed(s.image[None].to(self._device))[0]
+                yield Progress(i + 1, len(everything), "embedding annotated slices")
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _collate(self, samples: Sequence[SliceSample], gen: torch.Generator | None) -> dict:
+        dev = self._device
+        batch = {
+            "target": torch.stack([s.target for s in samples]).to(dev),
+            "weight": torch.stack([s.weight for s in samples]).to(dev),
+        }
+        if self.embeddings:
+            batch["embedding"] = torch.stack([self.embeddings[id(s)] for s in samples])
+        else:
+            img = torch.stack([s.image for s in samples])
+            if gen is not None and self.augment:
+                scale = 1 + 0.2 * (torch.rand(len(samples), 1, 1, 1, generator=gen) - 0.5)
+                img = (img * scale).clamp(0, 1)
+            batch["image"] = img.to(dev)
+        if self.model.head_kind == "box":
+            boxes = torch.stack([s.box for s in samples])
+            if gen is not None and self.augment:
+                boxes = boxes + torch.randint(-4, 5, boxes.shape, generator=gen).float()
+            batch["box"] = boxes.clamp(0, self.model.net.img_size - 1).to(dev)
+        return batch
+
+    def batch(self, size: int, gen: torch.Generator) -> dict:
+        """A random training batch of ``size`` slices (with replacement)."""
+        idx = torch.randint(len(self.train), (size,), generator=gen).tolist()
+        return self._collate([self.train[i] for i in idx], gen)
+
+    def validation_batches(self) -> list[dict]:
+        """The held-out slices in batches of 8 (empty list without validation)."""
+        return [self._collate(self.val[i : i + 8], None) for i in range(0, len(self.val), 8)]
+
+
+class VolumeFeeder:
+    """Random 3D patches of annotated volumes for a :class:`VolumeAdapted` model.
+
+    Validation holds out a share of the annotated slices (their voxels get weight 0 in
+    training) and evaluates on patches centred on them. Cached tensors: final features when
+    the whole base network is frozen, encoder outputs when only the encoder is.
+    """
+
+    def __init__(
+        self,
+        model: VolumeAdapted,
+        samples: Sequence[VolumeSample],
+        axis: int = 0,
+        patch: int = 64,
+        val_fraction: float = 0.2,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if patch % 16:
+            raise ValueError(f"patch side must be a multiple of 16, got {patch}")
+        self.model, self.axis, self.patch, self.augment = model, axis, patch, augment
+        gen = torch.Generator().manual_seed(seed)
+        self.train, self.val = [], []
+        for s in samples:
+            tr, va = self._split(s, val_fraction, gen)
+            self.train.append(tr)
+            self.val += va
+        self.cache: dict[int, object] = {}
+
+    def _split(self, s: VolumeSample, fraction: float, gen) -> tuple[VolumeSample, list]:
+        dims = [d for d in range(3) if d != self.axis]
+        known = s.weight[0].amax(dim=dims).nonzero().flatten().tolist()
+        if len(known) >= s.weight.shape[1 + self.axis]:  # fully annotated volume
+            return s, []
+        tr, va = split_indices(len(known), fraction, gen)
+        train_w = s.weight.clone()
+        for i in va:
+            train_w[0].select(self.axis, known[i]).zero_()
+        train = VolumeSample(s.image, s.target, train_w)
+        return train, [(s, known[i]) for i in va]
+
+    def prepare(self) -> Work[None]:
+        """Cache frozen features / encoder outputs of each training volume."""
+        m = self.model
+        vols = {id(s.image): s.image for s in self.train}
+        vols.update({id(s.image): s.image for s, _ in self.val})
+        if not (m.frozen_net or m.cacheable and hasattr(m.net, "encode")):
+            return
+        dev = next(m.parameters()).device
+        with torch.no_grad():
+            for i, (key, img) in enumerate(vols.items()):
+                x = img[None].to(dev)
+                self.cache[key] = m.net.features(x) if m.frozen_net else m.net.encode(x)
+                yield Progress(i + 1, len(vols), "encoding annotated volumes")
+
+    def _sizes(self, s: VolumeSample) -> list[int]:
+        return [min(self.patch, n) for n in s.image.shape[1:]]
+
+    def _corner(self, s: VolumeSample, centre: Sequence[int]) -> list[int]:
+        """Patch corner near ``centre``, on the 16-voxel grid (so cached levels align)."""
+        out = []
+        for c, n, p in zip(centre, s.image.shape[1:], self._sizes(s), strict=True):
+            out.append(int(min(max(0, (int(c) - p // 2) // 16 * 16), n - p)))
+        return out
+
+    def _crop(self, s: VolumeSample, corner: Sequence[int], weight: torch.Tensor) -> dict:
+        sl = (slice(None), *(slice(c, c + p) for c, p in zip(corner, self._sizes(s), strict=False)))
+        batch = {"target": s.target[sl][None], "weight": weight[sl][None]}
+        cached = self.cache.get(id(s.image))
+        if cached is None:
+            batch["image"] = s.image[sl][None]
+        elif torch.is_tensor(cached):
+            batch["features"] = cached[sl[:1] + sl]
+        else:
+            batch["levels"] = [self._crop_level(t, s, corner) for t in cached]
+        return batch
+
+    def _crop_level(self, t: torch.Tensor, s: VolumeSample, corner: Sequence[int]):
+        f = s.image.shape[-1] // t.shape[-1]
+        sl = (slice(c // f, (c + p) // f) for c, p in zip(corner, self._sizes(s), strict=False))
+        return t[(slice(None), slice(None), *sl)]
+
+    def _centre(self, s: VolumeSample, gen: torch.Generator) -> list[int]:
+        known = s.weight[0] > 0
+        pool = known & (s.target[0] > 0)
+        if not pool.any() or torch.rand(1, generator=gen).item() > 0.7:
+            pool = known
+        idx = pool.nonzero()
+        return idx[torch.randint(len(idx), (1,), generator=gen).item()].tolist()
+
+    def batch(self, size: int, gen: torch.Generator) -> dict:
+        """``size`` random patches of one random training volume, foreground-biased."""
+        s = self.train[torch.randint(len(self.train), (1,), generator=gen).item()]
+        crops = [
+            self._crop(s, self._corner(s, self._centre(s, gen)), s.weight) for _ in range(size)
+        ]
+        batch = _cat(crops)
+        if self.augment and "image" in batch:
+            dim = torch.randint(2, 5, (1,), generator=gen).item()
+            batch = {k: v.flip(dim) for k, v in batch.items()}
+        return batch
+
+    def validation_batches(self) -> list[dict]:
+        """One patch per held-out slice, scored on that slice only."""
+        out = []
+        for s, j in self.val:
+            w = torch.zeros_like(s.weight)
+            w[0].select(self.axis, j).copy_(s.weight[0].select(self.axis, j))
+            fg = (s.target[0] * w[0]).nonzero()
+            centre = (
+                fg.float().mean(0).tolist()
+                if len(fg)
+                else (w[0].nonzero().float().mean(0).tolist())
+            )
+            out.append(self._crop(s, self._corner(s, centre), w))
+        return out
+
+
+def _cat(crops: list[dict]) -> dict:
+    batch = {}
+    for k in crops[0]:
+        if k == "levels":
+            batch[k] = [torch.cat(ts) for ts in zip(*(c[k] for c in crops), strict=False)]
+        else:
+            batch[k] = torch.cat([c[k] for c in crops])
+    return batch
