@@ -1,0 +1,338 @@
+"""FMSegLogic: everything the FMSeg module computes, with no GUI (usable from scripts and tests).
+
+Every action has three steps, so the Widget can run the middle one in a background thread:
+
+1. **read** (main thread): MRML nodes -> a :class:`VolumeInput` / masks / :class:`SlicePrompts`;
+2. **work** (any thread): a ``*_iter`` generator over numpy arrays through fmseg's public API,
+   yielding :class:`fmseg.Progress` and returning arrays; it never touches MRML or Qt;
+3. **write** (main thread): arrays -> segments / volumes, with undo through
+   ``vtkSegmentationHistory``, the mechanism the Segment Editor uses.
+
+Arrays are ``(K, J, I)`` as ``slicer.util.arrayFromVolume`` gives them; :mod:`fmseg.coords`
+converts between them and RAS.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import slicer
+
+from fmseg import Progress, Session, coords, uncertainty
+from fmseg.incontext import (
+    InContextResult,
+    SupportSet,
+    add_slice,
+    build_backend,
+    build_sampler,
+    sample_volume_iter,
+    segment_volume_iter,
+    volume_source,
+    volume_window,
+)
+from fmseg.progress import Work
+
+from . import markups, mrml
+from .markups import SlicePrompts
+
+
+class AdaptersUnavailable(RuntimeError):
+    """The installed fmseg has no (or not yet this part of the) adapters API."""
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeInput:
+    """A volume read on the main thread, safe to hand to a background thread.
+
+    Attributes:
+        node_id: MRML ID of the volume node.
+        array: ``(K, J, I)`` float32 copy of the voxels.
+        ijk_to_ras: The node's ``IJKToRAS`` matrix.
+        mtime: Modification time of the image data (a changed volume gets a new session).
+    """
+
+    node_id: str
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    mtime: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identity of this version of the volume."""
+        return self.node_id, self.mtime
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size along the array axes ``(K, J, I)``."""
+        return coords.array_spacing(self.ijk_to_ras)
+
+
+@dataclass(frozen=True)
+class UncertaintyNodes:
+    """The nodes :meth:`FMSegLogic.write_uncertainty` creates."""
+
+    samples: Any
+    browser: Any
+    mean: Any
+    entropy: Any
+
+
+def support_slices(mask: np.ndarray, axis: int, max_slices: int) -> list[int]:
+    """Up to ``max_slices`` evenly spread indices along ``axis`` where ``mask`` has voxels."""
+    other = tuple(a for a in range(3) if a != axis)
+    filled = np.flatnonzero(np.asarray(mask).any(axis=other))
+    if len(filled) <= max_slices:
+        return [int(i) for i in filled]
+    picks = np.unique(np.rint(np.linspace(0, len(filled) - 1, max_slices)).astype(int))
+    return [int(filled[p]) for p in picks]
+
+
+class FMSegLogic:
+    """The FMSeg module's computation, on one MRML scene.
+
+    Args:
+        scene: The MRML scene (default ``slicer.mrmlScene``).
+        model: Registry name of the promptable model.
+        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+        tiny: Tiny random-weight models (tests only).
+    """
+
+    def __init__(
+        self, scene=None, model: str = "litemedsam", device: str | None = None, tiny: bool = False
+    ) -> None:
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        self.model, self.device, self.tiny = model, device, tiny
+        self.support = SupportSet()
+        self._sessions: dict[str, tuple[tuple[str, int], Session]] = {}
+        self._histories: dict[str, Any] = {}
+        self._networks: dict[tuple, Any] = {}
+        self._volume_stats: dict[tuple[str, int], tuple[tuple[float, float], str]] = {}
+
+    # -- read (main thread) -----------------------------------------------------------------
+    def read_volume(self, volume_node) -> VolumeInput:
+        """Copy a scalar volume's voxels and geometry for the work step."""
+        array = mrml.volume_array(volume_node)
+        mtime = volume_node.GetImageData().GetMTime()
+        return VolumeInput(volume_node.GetID(), array, mrml.ijk_to_ras(volume_node), mtime)
+
+    def view_axis(self, volume_node, view: str = "axial") -> int:
+        """The array axis to slice along for a slice view ("axial", "coronal", "sagittal")."""
+        return coords.slice_axis(mrml.ijk_to_world(volume_node), view)
+
+    def read_prompts(
+        self, volume_node, view: str = "axial", positive=None, negative=None, roi=None
+    ) -> SlicePrompts:
+        """Markups (points on object / background, an ROI) -> prompts on one array slice."""
+        axis = self.view_axis(volume_node, view)
+        return markups.prompts_from_markups(volume_node, axis, positive, negative, roi)
+
+    def read_segment(self, segmentation_node, segment: str, volume_node) -> np.ndarray:
+        """A segment on the volume's grid, ``(K, J, I)`` bool."""
+        return mrml.segment_array(segmentation_node, segment, volume_node)
+
+    # -- promptable segmentation (work) -------------------------------------------------------
+    def session_iter(self, volume: VolumeInput) -> Work[Session]:
+        """The volume's :class:`fmseg.Session`, made (model loading) on first use."""
+        cached = self._sessions.get(volume.node_id)
+        if cached is not None and cached[0] == volume.key:
+            return cached[1]
+        yield Progress(0, 1, f"loading {self.model}")
+        session = Session(
+            volume.array, spacing=volume.spacing, model=self.model, device=self.device,
+            tiny=self.tiny,
+        )  # fmt: skip
+        self._sessions[volume.node_id] = (volume.key, session)
+        return session
+
+    def segment_slice_iter(self, volume: VolumeInput, prompts: SlicePrompts) -> Work[np.ndarray]:
+        """Segment the prompted slice; returns its ``(H, W)`` mask."""
+        session = yield from self.session_iter(volume)
+        yield Progress(0, 1, f"segmenting slice {prompts.index}")
+        mask = session.set_prompts(prompts.axis, prompts.index, prompts.prompts)
+        yield Progress(1, 1, f"slice {prompts.index}: {int(mask.sum())} pixels")
+        return mask
+
+    def propagate_iter(self, volume: VolumeInput, prompts: SlicePrompts) -> Work[np.ndarray]:
+        """Segment the prompted slice, then propagate it; returns the ``(K, J, I)`` object."""
+        yield from self.segment_slice_iter(volume, prompts)
+        session = self._sessions[volume.node_id][1]
+        yield from session.propagate_iter(prompts.axis, prompts.index)
+        return session.mask.copy()
+
+    def new_object(self, volume_node) -> None:
+        """Forget the prompts of the volume's working object (the segment is kept)."""
+        cached = self._sessions.get(volume_node.GetID())
+        if cached is not None:
+            cached[1].reset_object()
+
+    # -- write (main thread), with undo ---------------------------------------------------
+    def _history(self, segmentation_node):
+        history = self._histories.get(segmentation_node.GetID())
+        if history is None or history.GetSegmentation() is not segmentation_node.GetSegmentation():
+            history = slicer.vtkSegmentationHistory()
+            history.SetSegmentation(segmentation_node.GetSegmentation())
+            self._histories[segmentation_node.GetID()] = history
+        return history
+
+    def write_segment(self, segmentation_node, name: str, mask: np.ndarray, volume_node) -> str:
+        """Replace segment ``name`` with a ``(K, J, I)`` mask (undoable); returns its ID."""
+        self._history(segmentation_node).SaveState()
+        return mrml.set_segment(segmentation_node, name, mask, volume_node)
+
+    def write_slice(
+        self, segmentation_node, name: str, volume_node, prompts: SlicePrompts, mask: np.ndarray
+    ) -> str:
+        """Replace one slice of segment ``name`` with a 2D mask (other slices are kept)."""
+        try:
+            full = self.read_segment(segmentation_node, name, volume_node)
+        except KeyError:
+            full = np.zeros(tuple(reversed(volume_node.GetImageData().GetDimensions())), bool)
+        where = [slice(None)] * 3
+        where[prompts.axis] = prompts.index
+        full[tuple(where)] = mask
+        return self.write_segment(segmentation_node, name, full, volume_node)
+
+    def undo(self, segmentation_node) -> bool:
+        """Restore the segmentation as it was before the last write; False if none."""
+        history = self._histories.get(segmentation_node.GetID())
+        if history is None or not history.IsRestorePreviousStateAvailable():
+            return False
+        return bool(history.RestorePreviousState())
+
+    # -- in-context support set ---------------------------------------------------------
+    def _stats(self, volume: VolumeInput) -> tuple[tuple[float, float], str]:
+        """Intensity window and identity of a volume, computed once per version."""
+        if volume.key not in self._volume_stats:
+            window = volume_window(volume.array)
+            self._volume_stats[volume.key] = (window, volume_source(volume.array))
+        return self._volume_stats[volume.key]
+
+    def label_value(self, segment_name: str) -> int:
+        """The support set's label value for a structure, assigned on first use."""
+        for value, name in self.support.names.items():
+            if name == segment_name:
+                return value
+        value = max(self.support.names, default=0) + 1
+        self.support.names[value] = segment_name
+        return value
+
+    def add_support(
+        self, volume_node, segmentation_node, segment: str, view: str = "axial", max_slices=8
+    ) -> int:
+        """Add slices of a segment (and its volume) to the support set; returns how many.
+
+        Raises:
+            ValueError: The segment is empty on this volume.
+        """
+        volume = self.read_volume(volume_node)
+        mask = self.read_segment(segmentation_node, segment, volume_node)
+        axis = self.view_axis(volume_node, view)
+        indices = support_slices(mask, axis, max_slices)
+        if not indices:
+            raise ValueError(f"segment '{segment}' is empty on '{volume_node.GetName()}'")
+        label = self.label_value(segment)
+        window, source = self._stats(volume)
+        labels = mask.astype(np.int32) * label
+        for i in indices:
+            add_slice(self.support, volume.array, labels, axis, i, window, label, source)
+        return len(indices)
+
+    def _network(self, kind: str, name: str, k: int = 0):
+        key = (kind, name, k)
+        if key not in self._networks:
+            if kind == "sampler":
+                net = build_sampler(name, k=k, device=self.device, tiny=self.tiny)
+            else:
+                net = build_backend(name, device=self.device, tiny=self.tiny)
+            self._networks[key] = net
+        return self._networks[key]
+
+    def incontext_iter(
+        self, volume: VolumeInput, axis: int, backend: str = "incontext-small"
+    ) -> Work[InContextResult]:
+        """Segment every slice along ``axis`` from the support set (one pass per structure)."""
+        window, source = self._stats(volume)
+        net = self._network("backend", backend)
+        return (
+            yield from segment_volume_iter(
+                net, self.support, volume.array, axis, window, source=source
+            )
+        )
+
+    def write_incontext(self, result: InContextResult, segmentation_node, volume_node) -> list:
+        """One segment per support structure, named like the segment it was learned from."""
+        return [
+            self.write_segment(segmentation_node, name, result.labels == value, volume_node)
+            for value, name in sorted(self.support.names.items())
+            if value in result.probs
+        ]
+
+    # -- uncertainty --------------------------------------------------------------------
+    def sample_iter(
+        self,
+        volume: VolumeInput,
+        axis: int,
+        sampler: str = "tyche-small",
+        k: int = 8,
+        segment: str | None = None,
+    ) -> Work[np.ndarray]:
+        """``(K, *volume.shape)`` plausible segmentations (probabilities) of one structure."""
+        window, source = self._stats(volume)
+        label = None if segment is None else self.label_value(segment)
+        net = self._network("sampler", sampler, k)
+        return (
+            yield from sample_volume_iter(
+                net, self.support, volume.array, axis, window, label, source=source
+            )
+        )
+
+    def write_uncertainty(self, samples: np.ndarray, volume_node, name: str) -> UncertaintyNodes:
+        """Samples as a browsable sequence, plus mean-probability and entropy volumes."""
+        m = mrml.ijk_to_ras(volume_node)
+        sequence, browser = mrml.add_volume_sequence(self.scene, samples, m, f"{name} samples")
+        mean = mrml.add_scalar_volume(
+            self.scene, uncertainty.mean_probability(samples), m, f"{name} mean"
+        )
+        ent = mrml.add_scalar_volume(self.scene, uncertainty.entropy(samples), m, f"{name} entropy")
+        return UncertaintyNodes(sequence, browser, mean, ent)
+
+    # -- adapters (the only code that knows fmseg.adapters' API) ---------------------
+    @staticmethod
+    def adapters_api(name: str):
+        """The function ``fmseg.adapters.<name>``.
+
+        Raises:
+            AdaptersUnavailable: This fmseg has no adapters yet, or not that function.
+        """
+        try:
+            module = importlib.import_module("fmseg.adapters")
+        except ImportError as exc:
+            raise AdaptersUnavailable(
+                "this fmseg has no adapters (fmseg.adapters): update fmseg"
+            ) from exc
+        function = getattr(module, name, None)
+        if function is None:
+            raise AdaptersUnavailable(f"fmseg.adapters has no {name}() yet: update fmseg")
+        return function
+
+    def train_adapter_iter(self, volume: VolumeInput, labels: np.ndarray, **options) -> Work[Any]:
+        """Few-shot adapter training on one annotated volume; returns the trained adapter.
+
+        Args:
+            volume: The image.
+            labels: ``(K, J, I)`` bool mask of the structure (e.g. :meth:`read_segment`).
+            **options: Passed on (``base``, ``method``, ``steps``, ...).
+        """
+        train = self.adapters_api("train_adapter_iter")
+        options.setdefault("base", self.model)
+        return (yield from train([volume.array], [labels.astype(np.uint8)], label=1, **options))
+
+    def apply_adapter_iter(self, volume: VolumeInput, path: str, **options) -> Work[np.ndarray]:
+        """Segment a volume with a saved adapter; returns a ``(K, J, I)`` mask."""
+        adapter = self.adapters_api("load_adapter")(path)
+        apply = self.adapters_api("apply_adapter_iter")
+        result = yield from apply(adapter, volume.array, spacing=volume.spacing, **options)
+        return np.asarray(result) > 0

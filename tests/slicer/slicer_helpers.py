@@ -1,0 +1,53 @@
+"""Shared helpers of the Slicer tests (imported by name: conftest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs slicer-core (bash .ci/install-slicer)")
+if not hasattr(slicer, "vtkMRMLScene"):  # the unrelated PyPI package also called "slicer"
+    pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
+
+from vtk import vtkMatrix4x4  # noqa: E402  (slicer-core brings VTK)
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+#: An oblique, anisotropic IJKToRAS: spacing (i, j, k) = (0.8, 0.6, 2.5) mm.
+OBLIQUE = np.eye(4)
+OBLIQUE[:3, :3] = rotation(0.25, -0.2, 0.4) @ np.diag([0.8, 0.6, 2.5])
+OBLIQUE[:3, 3] = (-30.0, 12.5, 40.0)
+
+
+def ball(shape=(12, 40, 48), centre=(6, 20, 22), radius=(3.5, 9.0, 11.0)) -> np.ndarray:
+    """A ``(K, J, I)`` ellipsoid mask."""
+    grid = np.indices(shape, dtype=float)
+    r = sum(((g - c) / rr) ** 2 for g, c, rr in zip(grid, centre, radius, strict=True))
+    return r <= 1.0
+
+
+def add_volume(scene, array: np.ndarray, ijk_to_ras: np.ndarray = OBLIQUE, name: str = "vol"):
+    """A scalar volume node holding a ``(K, J, I)`` array on the given grid."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array, dtype=np.float32))
+    m = vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, ijk_to_ras[r, c])
+    node.SetIJKToRASMatrix(m)
+    return node
+
+
+def vtk_ijk_to_ras(node, kji) -> np.ndarray:
+    """RAS of a ``(k, j, i)`` index through the node's own VTK matrix (not fmseg.coords)."""
+    m = vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    k, j, i = (float(v) for v in kji)
+    return np.array(m.MultiplyPoint((i, j, k, 1.0))[:3])
