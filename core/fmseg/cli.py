@@ -1,4 +1,4 @@
-"""Command line: ``fmseg segment``, ``fmseg incontext``, ``fmseg uncertainty``, ``fmseg models``.
+"""Command line: ``fmseg segment``, ``incontext``, ``uncertainty``, ``adapt``, ``models``.
 
 Coordinates on the command line are voxel indices of the two axes that remain after
 removing ``--axis``, in ascending axis order. For a NIfTI file (x, y, z) and ``--axis 2``
@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import cli_incontext, cli_uncertainty
+from . import cli_adapt, cli_incontext, cli_uncertainty
 from .io import load_volume, save_labels
 from .progress import Progress, drain
 from .prompts import Box, Point, Prompts
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment one object from prompts on a slice")
     s.add_argument("image", help="NIfTI (.nii, .nii.gz) or NRRD volume")
     s.add_argument("--out", required=True, help="output mask (.nii.gz/.nii/.nrrd)")
-    s.add_argument("--slice", type=int, required=True, help="slice index along --axis")
+    s.add_argument("--slice", type=int, help="slice index along --axis (with prompts)")
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="default 2 (z)")
     s.add_argument("--box", type=float, nargs=4, metavar=("A0", "B0", "A1", "B1"))
     s.add_argument(
@@ -61,7 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         help="intensity window, e.g. -160 240 for abdominal CT",
     )
     s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    s.add_argument(
+        "--adapter",
+        help="adapter file from `fmseg adapt`; without prompts its prompt-free head (or 3D "
+        "model) segments the whole volume",
+    )
     cli_incontext.add_parser(sub)
+    cli_adapt.add_parser(sub)
     cli_uncertainty.add_parser(sub)
     return p
 
@@ -85,8 +91,12 @@ def segment(args: argparse.Namespace) -> int:
     """Run ``fmseg segment``; returns the number of voxels in the written mask."""
     vol = load_volume(args.image)
     prompts = _prompts(args)
+    if prompts.empty and args.adapter:
+        return cli_adapt.segment_with_adapter(args, vol)
     if prompts.empty:
         raise ValueError("give a --box and/or --point")
+    if args.slice is None:
+        raise ValueError("give the --slice the prompts are on")
     session = Session(
         vol.array,
         vol.spacing,
@@ -94,6 +104,7 @@ def segment(args: argparse.Namespace) -> int:
         window=args.window,
         device=args.device,
         checkpoint=args.checkpoint,
+        adapter=args.adapter,
     )
     t0 = time.perf_counter()
     session.set_prompts(args.axis, args.slice, prompts)
@@ -129,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             cli_incontext.run(args)
         elif args.command == "uncertainty":
             cli_uncertainty.run(args)
+        elif args.command == "adapt":
+            cli_adapt.run(args)
         else:
             segment(args)
     except (ValueError, FileNotFoundError, RuntimeError, IndexError) as err:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .models.hdbet import build_hdbet
+from .models.monai3d import build_swinunetr, build_unet3d
 from .models.sam import build_lite_medsam, build_sam_vit_b
 from .models.tyche import build_tyche, build_tyche_small
 from .models.universeg import build_universeg, build_universeg_small
@@ -176,6 +177,43 @@ _SPECS += (
     ),
 )
 
+# 3D backbones for users who bring SuPreM / CLIP-Driven / FSEFT / MONAI checkpoints: keys are
+# remapped (fmseg.adapters.remap) instead of matched strictly. Preprocessing of those models.
+_CT = {
+    "patch": "96,96,96",
+    "spacing_mm": "1.5",
+    "ct_window_hu": "-175,250",
+    "checkpoint_formats": "universal,fseft,monai-ssl,monai-ssl-head,native",
+}
+_SPECS += (
+    ModelSpec(
+        name="swinunetr",
+        builder=build_swinunetr,
+        weights=None,
+        licence="code Apache-2.0 (MONAI); your weights keep their terms: SuPreM (code MIT, weights "
+        "per MrGiovanni/SuPreM), CLIP-Driven Universal Model (CC BY-NC-ND 4.0), FSEFT (none "
+        "stated), MONAI SSL/BTCV (Apache-2.0)",
+        description="MONAI SwinUNETR (feature size 48, 96^3) from a SuPreM / CLIP-Driven / FSEFT / "
+        "MONAI checkpoint",
+        prompt_modes=(),
+        kind="volumetric",
+        extra=_CT,
+        notes="MONAI SSL model_swinvit.pt was trained with HU -1000..1000, spacing 1.5x1.5x2.0",
+    ),
+    ModelSpec(
+        name="unet3d",
+        builder=build_unet3d,
+        weights=None,
+        licence="fmseg code; your SuPreM / CLIP-Driven U-Net weights keep their terms (SuPreM "
+        "code MIT; CLIP-Driven CC BY-NC-ND 4.0)",
+        description="Models Genesis / SuPreM 3D U-Net (19 M) from a SuPreM, CLIP-Driven or FSEFT "
+        "checkpoint",
+        prompt_modes=(),
+        kind="volumetric",
+        extra=_CT,
+    ),
+)
+
 REGISTRY: Mapping[str, ModelSpec] = MappingProxyType({s.name: s for s in _SPECS})
 
 
@@ -213,6 +251,11 @@ def load_model(
         source = WeightsSource("file", str(checkpoint)) if checkpoint else spec.weights
         if source is None:
             raise WeightsError(f"model '{name}' needs a checkpoint file: pass checkpoint=PATH")
+        if spec.kind == "volumetric" and spec.weights is None:
+            from .adapters.remap import load_volumetric_checkpoint  # keeps imports light
+
+            load_volumetric_checkpoint(model, str(checkpoint))
+            return model.to(resolve_device(device)).eval()
         state = load_state_dict(source)
         state = {k: v for k, v in state.items() if "attention_bias_idxs" not in k}
         apply_state_dict(model, state, what=f"checkpoint for '{name}'")

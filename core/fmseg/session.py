@@ -15,8 +15,23 @@ from .refine import refine_with_click
 from .registry import get_spec, load_model
 from .transforms import intensity_window
 from .validation import check_label_value, check_volume
+from .weights import sha256_of
 
 SliceKey = tuple[int, int]  # (axis, index)
+
+
+def _adapted_box_model(path: str, base: str, tiny: bool, device, checkpoint):
+    """The base SAM model with a box-head adapter merged into its weights."""
+    from .adapters.api import load_adapter
+    from .adapters.methods import merge_adapters
+
+    adapted = load_adapter(path, base=base, tiny=tiny, device=device, checkpoint=checkpoint)
+    if adapted.head_kind != "box":
+        raise ValueError(
+            f"adapter {path} has a prompt-free head: apply it to whole slices/volumes "
+            "(fmseg segment --adapter without prompts, or fmseg.adapters.predict)"
+        )
+    return merge_adapters(adapted.net).eval()
 
 
 class Session:
@@ -37,6 +52,8 @@ class Session:
         cache: Embedding cache (a bounded in-memory one by default).
         checkpoint: Local checkpoint for models without bundled weights.
         tiny: Use tiny random-weight models (tests only).
+        adapter: An adapter file (``fmseg adapt``) trained on ``model`` with the box head;
+            its updates are merged into the box model. Refused if trained on another base.
     """
 
     def __init__(
@@ -50,6 +67,7 @@ class Session:
         cache: EmbeddingCache | None = None,
         checkpoint: str | None = None,
         tiny: bool = False,
+        adapter: str | None = None,
     ) -> None:
         volume = check_volume(volume)
         self.volume = volume[None] if volume.ndim == 2 else volume
@@ -59,9 +77,12 @@ class Session:
         self.window = intensity_window(self.volume, window)
         spec = get_spec(model)
         self.model_name = model
-        self.predictor = SamPredictor(
-            load_model(model, checkpoint, tiny, device), spec.normalisation
-        )
+        if adapter is None:
+            net = load_model(model, checkpoint, tiny, device)
+        else:
+            net = _adapted_box_model(adapter, model, tiny, device, checkpoint)
+            self.model_name = f"{model}+adapter:{sha256_of(adapter)[:16]}"
+        self.predictor = SamPredictor(net, spec.normalisation)
         if point_model == "auto":
             point_model = spec.click_model
         self.point_predictor = self._load_point_model(point_model, tiny, device)

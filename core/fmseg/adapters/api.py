@@ -81,10 +81,18 @@ def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings
     if isinstance(model, SamAdapted):
         samples = slice_samples(annotations, model.net.img_size)
         return SliceFeeder(model, samples, settings.val_fraction, settings.augment, settings.seed)
-    samples = [volume_sample(a, _spacing(model.base_id)) for a in annotations]
+    multiple = max(16, getattr(model.net, "divisor", 16))
+    samples = [volume_sample(a, _spacing(model.base_id), multiple) for a in annotations]
     axis = annotations[0].axis
     return VolumeFeeder(
-        model, samples, axis, settings.patch, settings.val_fraction, settings.augment, settings.seed
+        model,
+        samples,
+        axis,
+        settings.patch,
+        settings.val_fraction,
+        settings.augment,
+        settings.seed,
+        multiple,
     )
 
 

@@ -181,7 +181,9 @@ class VolumeAdapted(AdaptedModel):
 
     def __init__(self, base_id: str, net: nn.Module, config: AdapterConfig) -> None:
         super().__init__(base_id, net, config)
-        self.parts = {"encoder": tuple(net.ENCODER), "decoder": tuple(net.DECODER)}
+        enc = getattr(net, "ENCODER", None) or net.encoder_names  # HD-BET / MONAI backbones
+        dec = getattr(net, "DECODER", None) or net.decoder_names
+        self.parts = {"encoder": tuple(enc), "decoder": tuple(dec)}
 
     @property
     def frozen_net(self) -> bool:

@@ -89,12 +89,14 @@ class SliceSample:
         target: ``(1, S, S)`` binary target.
         weight: ``(1, S, S)`` 1 inside the slice, 0 on the padding.
         box: ``(4,)`` xyxy ground-truth box in the model frame, or None if empty.
+        frame: Geometry of the slice in the model frame (maps outputs back to the slice).
     """
 
     image: torch.Tensor
     target: torch.Tensor
     weight: torch.Tensor
     box: torch.Tensor | None
+    frame: SliceFrame | None = None
 
 
 def _to_frame(mask: np.ndarray, frame: SliceFrame) -> torch.Tensor:
@@ -126,7 +128,7 @@ def slice_samples(
             target = _to_frame(np.take(a.labels, s, a.axis) == a.label, frame)
             weight = _to_frame(np.ones(img.shape, bool), frame)
             x = prepare_slice(img, window, frame)[0]
-            samples.append(SliceSample(x, target, weight, _box(target, box_margin)))
+            samples.append(SliceSample(x, target, weight, _box(target, box_margin), frame))
     return samples
 
 
@@ -165,8 +167,11 @@ def pad16(t: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     return F.pad(t, pads, mode="replicate") if any(pads) else t
 
 
-def volume_sample(a: Annotation, target_spacing: float) -> VolumeSample:
-    """Resample one annotation onto the model grid, keeping only annotated slices as known."""
+def volume_sample(a: Annotation, target_spacing: float, multiple: int = 16) -> VolumeSample:
+    """Resample one annotation onto the model grid, keeping only annotated slices as known.
+
+    Sides are padded to multiples of ``multiple`` (what the network's strides need).
+    """
     a = check_annotation(a)
     image = to_model_grid(a.image, a.spacing, target_spacing)[0]
     grid = image.shape[1:]
@@ -184,4 +189,5 @@ def volume_sample(a: Annotation, target_spacing: float) -> VolumeSample:
             sl = F.interpolate(fg.select(a.axis, s)[None, None], plane, mode="nearest")[0, 0]
             target[0].select(a.axis, j).copy_(sl)
             weight[0].select(a.axis, j).fill_(1.0)
-    return VolumeSample(pad16(image[None])[0], pad16(target[None])[0], pad16(weight[None])[0])
+    image, target, weight = (pad16(t[None], multiple)[0] for t in (image, target, weight))
+    return VolumeSample(image, target, weight)

@@ -33,6 +33,8 @@ class SliceFeeder:
         val_fraction: Share held out for validation.
         augment: Box jitter (cached) or also intensity jitter (encoder trained).
         seed: Split seed.
+        embeddings: Shared ``id(sample) -> (C, h, w)`` embedding cache (e.g. across runs of a
+            benchmark on the same samples); filled here when the encoder is frozen.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class SliceFeeder:
         val_fraction: float = 0.2,
         augment: bool = True,
         seed: int = 0,
+        embeddings: dict[int, torch.Tensor] | None = None,
     ) -> None:
         if model.head_kind == "box":
             samples = [s for s in samples if s.box is not None]
@@ -51,17 +54,18 @@ class SliceFeeder:
         train, val = split_indices(len(samples), val_fraction, torch.Generator().manual_seed(seed))
         self.train = [samples[i] for i in train]
         self.val = [samples[i] for i in val]
-        self.embeddings: dict[int, torch.Tensor] = {}
+        self.embeddings = {} if embeddings is None else embeddings
+        self.use_cache = model.cacheable
 
     def prepare(self) -> Work[None]:
         """Embed every slice once when the encoder is frozen (yields progress)."""
-        if not self.model.cacheable:
+        if not self.use_cache:
             return
-        everything = self.train + self.val
+        todo = [s for s in self.train + self.val if id(s) not in self.embeddings]
         with torch.no_grad():
-            for i, s in enumerate(everything):
+            for i, s in enumerate(todo):
                 self.embeddings[id(s)] = self.model.embed(s.image[None].to(self._device))[0]
-                yield Progress(i + 1, len(everything), "embedding annotated slices")
+                yield Progress(i + 1, len(todo), "embedding annotated slices")
 
     @property
     def _device(self) -> torch.device:
@@ -73,7 +77,7 @@ class SliceFeeder:
             "target": torch.stack([s.target for s in samples]).to(dev),
             "weight": torch.stack([s.weight for s in samples]).to(dev),
         }
-        if self.embeddings:
+        if self.use_cache:
             batch["embedding"] = torch.stack([self.embeddings[id(s)] for s in samples])
         else:
             img = torch.stack([s.image for s in samples])
@@ -115,10 +119,12 @@ class VolumeFeeder:
         val_fraction: float = 0.2,
         augment: bool = True,
         seed: int = 0,
+        multiple: int = 16,
     ) -> None:
-        if patch % 16:
-            raise ValueError(f"patch side must be a multiple of 16, got {patch}")
+        if patch % multiple:
+            raise ValueError(f"patch side must be a multiple of {multiple}, got {patch}")
         self.model, self.axis, self.patch, self.augment = model, axis, patch, augment
+        self.multiple = multiple
         gen = torch.Generator().manual_seed(seed)
         self.train, self.val = [], []
         for s in samples:
@@ -157,10 +163,10 @@ class VolumeFeeder:
         return [min(self.patch, n) for n in s.image.shape[1:]]
 
     def _corner(self, s: VolumeSample, centre: Sequence[int]) -> list[int]:
-        """Patch corner near ``centre``, on the 16-voxel grid (so cached levels align)."""
-        out = []
+        """Patch corner near ``centre``, on the network's stride grid (cached levels align)."""
+        out, g = [], self.multiple
         for c, n, p in zip(centre, s.image.shape[1:], self._sizes(s), strict=True):
-            out.append(int(min(max(0, (int(c) - p // 2) // 16 * 16), n - p)))
+            out.append(int(min(max(0, (int(c) - p // 2) // g * g), n - p)))
         return out
 
     def _crop(self, s: VolumeSample, corner: Sequence[int], weight: torch.Tensor) -> dict:

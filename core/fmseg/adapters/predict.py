@@ -80,7 +80,8 @@ def predict_volume_iter(
     x = to_model_grid(volume, spacing, grid_mm)
     shape = x.shape[2:]
     with torch.inference_mode():
-        logits = model({"image": pad16(x).to(_device(model))})
+        multiple = max(16, getattr(model.net, "divisor", 16))
+        logits = model({"image": pad16(x, multiple).to(_device(model))})
     yield Progress(1, 2, "network")
     logits = logits[..., : shape[0], : shape[1], : shape[2]].float().cpu()
     logits = F.interpolate(logits, volume.shape, mode="trilinear")
