@@ -200,6 +200,12 @@ def test_bad_annotations_are_named():
         drain(train_adapter_iter([a], config=AdapterConfig(method="magic"), tiny=True))
     with pytest.raises(M.MethodError, match="already trains the whole decoder"):
         AdapterConfig(method="lora+decoder").methods()
+    with pytest.raises(M.MethodError, match="prompt-free head does not use the mask decoder"):
+        AdapterConfig(method="decoder", head="auto").resolved_head(2)
+    assert AdapterConfig(method="lora", where="encoder", head="auto").resolved_head(2) == "auto"
+    b = Annotation(a.image, a.labels, 2, axis=1)
+    with pytest.raises(AnnotationError, match="one axis"):
+        drain(train_adapter_iter([a, b], "hdbet", tiny=True))
 
 
 def test_nan_loss_is_reported(monkeypatch):
@@ -222,3 +228,17 @@ def test_sparse_slices_map_to_model_grid():
     assert known == [4, 12]  # 2 * 3 mm / 1.5 mm, 6 * 3 / 1.5
     assert s.image.shape[1:] == (16, 48, 48)  # 8 slices of 3 mm -> 16 of 1.5 mm
     assert s.target[0, 4].sum() > 0 and s.target[0, 5].sum() == 0
+
+
+def test_volume_prediction_whole_and_sliding_agree():
+    from fmseg.adapters.predict import predict_volume_iter
+
+    res = _train("linear-probe", "hdbet")
+    vol = _annotation().image
+    whole = drain(predict_volume_iter(res.model, vol, (1.0, 1.0, 1.0), 1.5))
+    steps = []
+    slid = drain(
+        predict_volume_iter(res.model, vol, (1.0, 1.0, 1.0), 1.5, (16, 32, 32)), steps.append
+    )
+    assert whole.shape == slid.shape == vol.shape
+    assert len(steps) > 1 and np.abs(whole - slid).max() < 0.2  # instance norm sees other crops

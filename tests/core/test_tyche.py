@@ -86,3 +86,16 @@ def test_sampling_checks_query_shape():
     s.add(np.random.rand(8, 8), np.ones((8, 8)))
     with pytest.raises(ValueError, match="stack"):
         drain(sample_slices_iter(AugmentedSampler(build_backend("nearest")), s, np.zeros((8, 8))))
+
+
+def test_meanconv_split_equals_concatenation():
+    import torch
+
+    from fmseg.models.tyche import SetBlock
+
+    torch.manual_seed(0)
+    block = SetBlock(3, 3, 8)
+    target, support = torch.randn(2, 5, 3, 12, 12), torch.randn(2, 4, 3, 12, 12)
+    mean, _ = block.cross(target.mean(dim=1, keepdim=True), support)
+    naive = block.meanconv(torch.cat([target, mean.expand(-1, 5, -1, -1, -1)], dim=2))
+    assert torch.allclose(block._meanconv(target, mean), naive, atol=1e-5)

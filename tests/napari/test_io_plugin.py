@@ -120,6 +120,7 @@ def test_manifest_points_at_existing_functions() -> None:
         "Segment": "napari_fmseg._widget:SegmentWidget",
         "In-context": "napari_fmseg._incontext_widget:InContextWidget",
         "Uncertainty": "napari_fmseg._uncertainty_widget:UncertaintyWidget",
+        "Adapt (few-shot training)": "napari_fmseg._adapter_widget:AdapterWidget",
     }
     for python_name in widgets.values():
         module, name = python_name.split(":")

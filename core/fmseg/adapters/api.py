@@ -25,7 +25,7 @@ from .bases import (
     apply_methods,
     init_probe_from_base,
 )
-from .data import Annotation, slice_samples, volume_sample
+from .data import Annotation, AnnotationError, slice_samples, volume_sample
 from .feeders import SliceFeeder, VolumeFeeder
 from .trainer import AdaptResult, TrainSettings, train_iter
 
@@ -84,6 +84,8 @@ def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings
     multiple = max(16, getattr(model.net, "divisor", 16))
     samples = [volume_sample(a, _spacing(model.base_id), multiple) for a in annotations]
     axis = annotations[0].axis
+    if any(a.axis != axis for a in annotations):
+        raise AnnotationError("annotated slices of all training volumes must lie on one axis")
     return VolumeFeeder(
         model,
         samples,

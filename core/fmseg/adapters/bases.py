@@ -64,10 +64,19 @@ class AdapterConfig:
 
     def resolved_head(self, dims: int) -> str:
         """``"auto"`` for 3D or black-box methods, else :attr:`head`."""
-        if dims == 3 or set(self.methods()) & set(M.HEAD_METHODS):
+        names = self.methods()
+        if dims == 3 or set(names) & set(M.HEAD_METHODS):
             return "auto"
         if self.head not in ("box", "auto"):
             raise M.MethodError(f"head must be 'box' or 'auto', not '{self.head}'")
+        on_decoder = "decoder" in names or (
+            set(names) & set(M.PEFT_METHODS) and self.where in ("decoder", "both")
+        )
+        if self.head == "auto" and on_decoder:
+            raise M.MethodError(
+                "the prompt-free head does not use the mask decoder: train the decoder with "
+                "head='box', or use the encoder / a probe with head='auto'"
+            )
         return self.head
 
     def to_dict(self) -> dict:

@@ -120,6 +120,7 @@ class VolumeFeeder:
         augment: bool = True,
         seed: int = 0,
         multiple: int = 16,
+        cache: dict | None = None,
     ) -> None:
         if patch % multiple:
             raise ValueError(f"patch side must be a multiple of {multiple}, got {patch}")
@@ -131,7 +132,8 @@ class VolumeFeeder:
             tr, va = self._split(s, val_fraction, gen)
             self.train.append(tr)
             self.val += va
-        self.cache: dict[int, object] = {}
+        self.cache: dict = {} if cache is None else cache  # (id(image), kind) -> tensors
+        self.kind: str | None = None  # "features", "levels" or None (set by prepare)
 
     def _split(self, s: VolumeSample, fraction: float, gen) -> tuple[VolumeSample, list]:
         dims = [d for d in range(3) if d != self.axis]
@@ -150,14 +152,18 @@ class VolumeFeeder:
         m = self.model
         vols = {id(s.image): s.image for s in self.train}
         vols.update({id(s.image): s.image for s, _ in self.val})
+        self.kind = "features" if m.frozen_net else "levels"
         if not (m.frozen_net or m.cacheable and hasattr(m.net, "encode")):
+            self.kind = None
             return
         dev = next(m.parameters()).device
+        todo = [(k, v) for k, v in vols.items() if (k, self.kind) not in self.cache]
         with torch.no_grad():
-            for i, (key, img) in enumerate(vols.items()):
+            for i, (key, img) in enumerate(todo):
                 x = img[None].to(dev)
-                self.cache[key] = m.net.features(x) if m.frozen_net else m.net.encode(x)
-                yield Progress(i + 1, len(vols), "encoding annotated volumes")
+                out = m.net.features(x) if m.frozen_net else m.net.encode(x)
+                self.cache[key, self.kind] = out
+                yield Progress(i + 1, len(todo), "encoding annotated volumes")
 
     def _sizes(self, s: VolumeSample) -> list[int]:
         return [min(self.patch, n) for n in s.image.shape[1:]]
@@ -172,7 +178,7 @@ class VolumeFeeder:
     def _crop(self, s: VolumeSample, corner: Sequence[int], weight: torch.Tensor) -> dict:
         sl = (slice(None), *(slice(c, c + p) for c, p in zip(corner, self._sizes(s), strict=False)))
         batch = {"target": s.target[sl][None], "weight": weight[sl][None]}
-        cached = self.cache.get(id(s.image))
+        cached = self.cache.get((id(s.image), self.kind))
         if cached is None:
             batch["image"] = s.image[sl][None]
         elif torch.is_tensor(cached):

@@ -8,16 +8,42 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..predictor import SamPredictor
 from ..progress import Progress, Work
 from ..prompts import Box
+from ..registry import get_spec
 from ..transforms import SliceFrame, intensity_window, prepare_slice
 from ..validation import check_volume
 from .bases import AdaptedModel, SamAdapted
 from .data import pad16, to_model_grid
+from .sliding import sliding_window_iter
 
 
 def _device(model: AdaptedModel) -> torch.device:
     return next(model.parameters()).device
+
+
+def _embedder(model: SamAdapted):
+    """``(slice, window, spacing) -> (batch, frame)``; a frozen encoder runs on the fast path.
+
+    With the image encoder untouched by the adapter, embeddings come from a
+    :class:`~fmseg.predictor.SamPredictor` (fused copy, ONNX Runtime on CPU when installed),
+    the same path interactive segmentation uses; otherwise the adapted encoder runs in torch.
+    """
+    if model.cacheable:
+        predictor = SamPredictor(model.net, get_spec(model.base_id).normalisation)
+
+        def fast(img, window, sp):
+            emb = predictor.embed(img, window, sp)
+            return {"embedding": emb.features}, emb.frame
+
+        return fast
+
+    def plain(img, window, sp):
+        frame = SliceFrame.for_slice(img.shape, sp, model.net.img_size)
+        return {"image": prepare_slice(img, window, frame).to(_device(model))}, frame
+
+    return plain
 
 
 def predict_slices_iter(
@@ -49,14 +75,13 @@ def predict_slices_iter(
     todo = sorted(boxes) if slices is None and boxes else list(slices or range(volume.shape[axis]))
     window = intensity_window(volume, None)
     sp = tuple(s for i, s in enumerate(spacing) if i != axis)
+    embed = _embedder(model)
     prob = np.zeros(volume.shape, np.float32)
     for n, s in enumerate(todo):
-        img = np.take(volume, s, axis)
-        frame = SliceFrame.for_slice(img.shape, sp, model.net.img_size)
-        batch = {"image": prepare_slice(img, window, frame).to(_device(model))}
+        if model.head_kind == "box" and s not in boxes:
+            continue
+        batch, frame = embed(np.take(volume, s, axis), window, sp)
         if model.head_kind == "box":
-            if s not in boxes:
-                continue
             batch["box"] = torch.from_numpy(frame.box_to_model(boxes[s]))[None].to(_device(model))
         with torch.inference_mode():
             p = torch.sigmoid(frame.logits_to_slice(model(batch).float()))[0, 0]
@@ -66,9 +91,22 @@ def predict_slices_iter(
 
 
 def predict_volume_iter(
-    model: AdaptedModel, volume: np.ndarray, spacing: tuple[float, float, float], grid_mm: float
+    model: AdaptedModel,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float],
+    grid_mm: float,
+    patch: tuple[int, int, int] | None = None,
 ) -> Work[np.ndarray]:
     """Probabilities of a 3D adapted model on a whole volume (on its ``grid_mm`` grid).
+
+    Args:
+        model: Adapted 3D model.
+        volume: ``(D0, D1, D2)`` image.
+        spacing: Voxel size per axis (mm).
+        grid_mm: Isotropic spacing the base network expects.
+        patch: Sliding-window size (Gaussian blending, 25 % overlap); None uses the base's
+            ``patch_size`` if it has one (MONAI backbones), else one whole-volume pass (HD-BET
+            was built for whole volumes).
 
     Returns:
         ``volume``-shaped float32 foreground probability.
@@ -76,14 +114,16 @@ def predict_volume_iter(
     volume = check_volume(volume)
     if volume.ndim != 3:
         raise ValueError(f"3D adapters need a 3D volume, got shape {volume.shape}")
-    yield Progress(0, 2, "resampling")
-    x = to_model_grid(volume, spacing, grid_mm)
+    yield Progress(0, 1, "resampling")
+    x = to_model_grid(volume, spacing, grid_mm).to(_device(model))
     shape = x.shape[2:]
-    with torch.inference_mode():
-        multiple = max(16, getattr(model.net, "divisor", 16))
-        logits = model({"image": pad16(x, multiple).to(_device(model))})
-    yield Progress(1, 2, "network")
+    patch = patch or getattr(model.net, "patch_size", None)
+    if patch is None:
+        with torch.inference_mode():
+            logits = model({"image": pad16(x, max(16, getattr(model.net, "divisor", 16)))})
+        yield Progress(1, 1, "network")
+    else:
+        logits = yield from sliding_window_iter(lambda t: model({"image": t}), x, patch)
     logits = logits[..., : shape[0], : shape[1], : shape[2]].float().cpu()
     logits = F.interpolate(logits, volume.shape, mode="trilinear")
-    yield Progress(2, 2, "done")
     return torch.sigmoid(logits)[0, 0].numpy()

@@ -3,7 +3,9 @@
 ``train_iter(model, feeder, settings)`` runs AdamW on the model's trainable parameters with
 a masked soft-Dice + BCE loss, evaluates on held-out annotated slices every few steps, keeps
 the best adapter state (early stopping on validation Dice, or on the training loss when too
-few slices were annotated to hold some out) and returns an :class:`AdaptResult`.
+few slices were annotated to hold some out) and returns an :class:`AdaptResult`. Early
+stopping uses the validation loss (soft Dice + BCE), since hard Dice stays at 0 while a
+zero-initialised head warms up.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class AdaptResult:
     Attributes:
         model: The adapted model, holding the best state found.
         history: One dict per step: ``step``, ``loss``, ``val_dice`` (or None).
-        best_val_dice: Best validation Dice (None without validation).
+        best_val_dice: Validation Dice of the state kept (None without validation).
         steps_run: Steps actually run.
         wall_s: Training time in seconds (after caching).
         trainable: Trainable parameters per method.
@@ -138,14 +140,15 @@ def hard_dice(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
     return 1.0 if s == 0 else 2.0 * float((pred * t).sum()) / s
 
 
-def _validate(model: AdaptedModel, feeder) -> float | None:
+def _validate(model: AdaptedModel, feeder) -> tuple[float, float] | None:
+    """Validation ``(Dice, loss)`` on the held-out slices, or None without any."""
     batches = feeder.validation_batches()
     if not batches:
         return None
     with torch.no_grad():
         outs = [(model(b), b["target"], b["weight"]) for b in batches]
     logits, target, weight = (torch.cat([o[i] for o in outs]) for i in range(3))
-    return hard_dice(logits, target, weight)
+    return hard_dice(logits, target, weight), float(dice_bce_loss(logits, target, weight))
 
 
 def _step(model, feeder, optimiser, settings, gen) -> float:
@@ -187,16 +190,18 @@ def train_iter(model: AdaptedModel, feeder, settings: TrainSettings) -> Work:
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     result = AdaptResult(model)
-    best, best_state, stale, val = -math.inf, model.adapter_state(), 0, None
+    best, best_state, stale, val, kept_dice = -math.inf, model.adapter_state(), 0, None, None
     start = time.perf_counter()
     model.eval()  # the base stays in eval mode: norm statistics must not change
     for step in range(1, settings.steps + 1):
         loss = _step(model, feeder, optimiser, settings, gen)
         if step % settings.eval_every == 0 or step == settings.steps:
-            val = _validate(model, feeder)
-            score = val if val is not None else -loss
+            checked = _validate(model, feeder)
+            val = None if checked is None else checked[0]
+            # Early stopping on the validation loss: Dice is flat at 0 while a head warms up.
+            score = -checked[1] if checked is not None else -loss
             if score > best:
-                best, best_state, stale = score, model.adapter_state(), 0
+                best, best_state, stale, kept_dice = score, model.adapter_state(), 0, val
             else:
                 stale += 1
         result.history.append({"step": step, "loss": loss, "val_dice": val})
@@ -207,6 +212,6 @@ def train_iter(model: AdaptedModel, feeder, settings: TrainSettings) -> Work:
             break
     model.load_state_dict(best_state, strict=False)
     result.wall_s = time.perf_counter() - start
-    result.best_val_dice = best if best > -math.inf and val is not None else None
+    result.best_val_dice = kept_dice
     result.ranks = M.arena_ranks(model)
     return result

@@ -59,9 +59,20 @@ class SetBlock(nn.Module):
     def forward(self, target: torch.Tensor, support: torch.Tensor):
         """``(B, K, Ct, H, W), (B, S, Cs, H, W) -> (B, K, C, H, W), (B, S, C, H, W)``."""
         mean, support = self.cross(target.mean(dim=1, keepdim=True), support)
-        mean = mean.expand(-1, target.shape[1], -1, -1, -1)
-        target = self.meanconv(torch.cat([target, mean], dim=2))
-        return self.target(target), self.support(support)
+        return self.target(self._meanconv(target, mean)), self.support(support)
+
+    def _meanconv(self, target: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """``meanconv(cat([target_k, mean]))`` for every candidate ``k``, the mean part once.
+
+        The convolution is linear, so its mean half is computed on ``(B, 1, C, H, W)`` and
+        broadcast over the ``K`` candidates: same result, ``K - 1`` fewer mean convolutions.
+        """
+        unit = self.meanconv.vmapped
+        w, ct = unit.conv.weight, target.shape[2]
+        pad = unit.conv.padding
+        t = grouped(lambda x: F.conv2d(x, w[:, :ct], unit.conv.bias, padding=pad), target)
+        m = grouped(lambda x: F.conv2d(x, w[:, ct:], None, padding=pad), mean)
+        return unit.nonlin(t + m)
 
 
 class TycheTS(nn.Module):
