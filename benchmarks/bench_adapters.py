@@ -94,10 +94,9 @@ def run(task: str, shots: list[int], steps: int, test_every: int) -> dict:
     truths = [np.take(lab, i, axis) == value for i in test]
     frozen = build_adapted("litemedsam", AdapterConfig(method="decoder"))
     cache: dict[int, torch.Tensor] = {}
+    feeder = SliceFeeder(frozen, [*train_samples.values(), *test_samples], 0.0, False, 0, cache)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in [*train_samples.values(), *test_samples]:
-            cache[id(s)] = frozen.embed(s.image[None])[0]
+    drain(feeder.prepare())  # the same embedding path training uses
     embed_s = (time.perf_counter() - t0) / len(cache)
     out = {
         "task": task,

@@ -60,7 +60,9 @@ def build_adapted(
 ) -> AdaptedModel:
     """Load a registered base model and apply ``config``'s methods (adapters untrained)."""
     spec = get_spec(base)
-    net = load_model(base, checkpoint=checkpoint, tiny=tiny, device=device)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # tiny test bases: the same random weights every time
+        net = load_model(base, checkpoint=checkpoint, tiny=tiny, device=device)
     if spec.kind == "promptable":
         model: AdaptedModel = SamAdapted(base, net, config)
         channels = net.mask_decoder.iou_token.embedding_dim

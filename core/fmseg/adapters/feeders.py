@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..predictor import SamPredictor
 from ..progress import Progress, Work
+from ..registry import get_spec
 from .bases import SamAdapted, VolumeAdapted
 from .data import SliceSample, VolumeSample
 
@@ -62,10 +64,13 @@ class SliceFeeder:
         if not self.use_cache:
             return
         todo = [s for s in self.train + self.val if id(s) not in self.embeddings]
-        with torch.no_grad():
-            for i, s in enumerate(todo):
-                self.embeddings[id(s)] = self.model.embed(s.image[None].to(self._device))[0]
-                yield Progress(i + 1, len(todo), "embedding annotated slices")
+        if not todo:
+            return
+        # The frozen encoder runs on the interactive fast path (fused, ONNX Runtime on CPU).
+        predictor = SamPredictor(self.model.net, get_spec(self.model.base_id).normalisation)
+        for i, s in enumerate(todo):
+            self.embeddings[id(s)] = predictor.embed_batch(s.image[None])[0].clone()
+            yield Progress(i + 1, len(todo), "embedding annotated slices")
 
     @property
     def _device(self) -> torch.device:

@@ -169,6 +169,23 @@ def _step(model, feeder, optimiser, settings, gen) -> float:
     return loss.item()
 
 
+def _param_groups(model: AdaptedModel, settings: TrainSettings) -> list[dict]:
+    """The method's parameters at its rate; a new head (3D, auto) at a head's own rate.
+
+    A zero-initialised head next to a fine-tuned decoder learns far too slowly at the
+    decoder's rate (measured on HD-BET: no foreground after 48 steps at 1e-4), so the head
+    gets the probe's default rate unless the method itself is a head.
+    """
+    names = model.config.methods()
+    lr = settings.learning_rate(model.config.method)
+    head = [p for p in model.head.parameters() if p.requires_grad] if model.head else []
+    ids = {id(p) for p in head}
+    rest = [p for p in model.trainable_parameters() if id(p) not in ids]
+    head_lr = lr if names[0] in M.HEAD_METHODS else DEFAULT_LR["linear-probe"]
+    groups = ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr})
+    return [g for g in groups if g["params"]]
+
+
 def train_iter(model: AdaptedModel, feeder, settings: TrainSettings) -> Work:
     """Train ``model``'s adapter on ``feeder``'s data; yields :class:`TrainStep`.
 
@@ -183,11 +200,9 @@ def train_iter(model: AdaptedModel, feeder, settings: TrainSettings) -> Work:
     """
     torch.manual_seed(settings.seed)
     yield from feeder.prepare()
-    params = model.trainable_parameters()
-    if not params:
+    if not model.trainable_parameters():
         raise TrainingError("nothing to train: the method left every parameter frozen")
-    lr = settings.learning_rate(model.config.method)
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(_param_groups(model, settings), weight_decay=0.0)
     gen = torch.Generator().manual_seed(settings.seed)
     result = AdaptResult(model)
     best, best_state, stale, val, kept_dice = -math.inf, model.adapter_state(), 0, None, None
