@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fmseg.adapters.api import build_adapted
-from fmseg.adapters.bases import AdapterConfig
+from fmseg.adapters.bases import AdapterConfig, decode_by_patches
 from fmseg.adapters.data import Annotation, volume_sample
 from fmseg.adapters.feeders import VolumeFeeder
 from fmseg.adapters.trainer import TrainSettings, train_iter
@@ -48,14 +48,11 @@ def evenly(pool: list[int], k: int) -> list[int]:
 
 def full_logits(model, feeder, sample, shape) -> np.ndarray:
     """Whole-volume logits on the 1 mm grid, from the cached tensors where possible."""
-    cached = feeder.cache.get((id(sample.image), feeder.kind))
     with torch.no_grad():
-        if feeder.kind == "features":
-            logits = model({"features": cached})
-        elif feeder.kind == "levels":
-            logits = model({"levels": cached})
-        else:
-            logits = model({"image": sample.image[None]})
+        if feeder.kind == "features":  # black-box: features of the whole volume, as trained
+            logits = model({"features": feeder.cache[id(sample.image), "features"]})
+        else:  # the decoder trained on patches: decode at that size (fmseg.adapters.predict)
+            logits = decode_by_patches(model, sample.image[None], feeder.patch)
     grid = [round(n / GRID_MM) for n in shape]
     logits = logits[..., : grid[0], : grid[1], : grid[2]]
     return F.interpolate(logits, shape, mode="trilinear")[0, 0].numpy()

@@ -16,7 +16,6 @@ from typing import Annotated
 
 import qt
 import slicer
-import vtk
 from FMSegLib import choices, install
 from slicer import (
     vtkMRMLMarkupsFiducialNode,
@@ -72,8 +71,10 @@ class FMSegParameterNode:
     backend: Annotated[str, Choice(list(choices.BACKENDS))] = "incontext-small"
     sampler: Annotated[str, Choice(list(choices.SAMPLERS))] = "tyche-small"
     samples: Annotated[int, WithinRange(2, 32)] = 8
-    adapterMethod: Annotated[str, Choice(list(choices.ADAPTER_METHODS))] = "decoder"
+    adapterBase: Annotated[str, Choice(list(choices.ADAPTER_BASES))] = "litemedsam"
+    adapterMethod: Annotated[str, Choice(list(choices.ADAPTER_METHODS))] = "spatial-adapter"
     adapterSteps: Annotated[int, WithinRange(1, 5000)] = 200
+    adapterWholeVolume: bool = False
     adapterPath: Path
 
 
@@ -122,6 +123,8 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.clearSupportButton, self.onClearSupport),
             (self.ui.incontextButton, self.onInContext),
             (self.ui.sampleButton, self.onSample),
+            (self.ui.addTrainingButton, self.onAddTraining),
+            (self.ui.clearTrainingButton, self.onClearTraining),
             (self.ui.trainButton, self.onTrainAdapter),
             (self.ui.applyAdapterButton, self.onApplyAdapter),
             (self.ui.cancelButton, self.onCancel),
@@ -237,9 +240,9 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Failed.")
             slicer.util.errorDisplay(str(task.error))
         else:
+            self.ui.statusLabel.text = _("Done.")  # onDone may say more
             with slicer.util.tryWithErrorDisplay(_("Could not store the result.")):
                 self._onDone(task.result)
-                self.ui.statusLabel.text = _("Done.")
 
     def onCancel(self) -> None:
         """Ask the running work to stop at its next step."""
@@ -253,19 +256,19 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegment(self) -> None:
         """Segment the prompted slice (and propagate it, if asked) into the segment."""
         with self._action(_("Segmentation failed.")):
-            logic, p = self._ensureLogic(), self._parameterNode
-            volume = p.inputVolume
-            prompts = logic.read_prompts(volume, p.view, p.positivePoints, p.negativePoints, p.roi)
-            data = logic.read_volume(volume)
-            if p.propagate:
-                work = logic.propagate_iter(data, prompts)
-                write = partial(
-                    logic.write_segment, p.segmentation, p.segmentName, volume_node=volume
-                )
-            else:
-                work = logic.segment_slice_iter(data, prompts)
-                write = partial(logic.write_slice, p.segmentation, p.segmentName, volume, prompts)
-            self._start("segment", work, write)
+            self._start("segment", *self._promptedWork(self._parameterNode.segmentName))
+
+    def _promptedWork(self, name: str, adapter=None):
+        """(work, write) of the prompt path into segment ``name``, with a box-head adapter."""
+        logic, p = self._ensureLogic(), self._parameterNode
+        volume = p.inputVolume
+        prompts = logic.read_prompts(volume, p.view, p.positivePoints, p.negativePoints, p.roi)
+        data = logic.read_volume(volume)
+        if p.propagate:
+            work = logic.propagate_iter(data, prompts, adapter)
+            return work, partial(logic.write_segment, p.segmentation, name, volume_node=volume)
+        work = logic.segment_slice_iter(data, prompts, adapter)
+        return work, partial(logic.write_slice, p.segmentation, name, volume, prompts)
 
     def onNewObject(self) -> None:
         """Forget the prompts of the working object."""
@@ -320,27 +323,53 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             write = partial(logic.write_uncertainty, volume_node=volume, name=volume.GetName())
             self._start("sampling", work, write)
 
+    def _segmentArgs(self) -> tuple:
+        p = self._parameterNode
+        return p.inputVolume, p.segmentation, p.segmentName, p.view, p.adapterWholeVolume
+
+    def onAddTraining(self) -> None:
+        """Add the segment above (on the input volume) to the adapter's training set."""
+        with self._action(_("Could not add the segment.")):
+            n = self._ensureLogic().add_training(*self._segmentArgs())
+            self._showTraining(_("Added '{name}'.").format(name=self._parameterNode.segmentName), n)
+
+    def onClearTraining(self) -> None:
+        """Empty the adapter's training set."""
+        if self.logic is not None:
+            self.logic.training.clear()
+        self._showTraining(_("Training set cleared."), 0)
+
+    def _showTraining(self, message: str, n: int) -> None:
+        self.ui.trainingLabel.text = _("{n} training segments").format(n=n)
+        self.ui.statusLabel.text = message
+
     def onTrainAdapter(self) -> None:
-        """Train an adapter on the current segment; save it to the chosen path."""
+        """Train an adapter on the training set (or the segment above); save it to the file."""
         with self._action(_("Adapter training failed.")):
             logic, p = self._ensureLogic(), self._parameterNode
-            if not p.adapterPath or str(p.adapterPath) in ("", "."):
-                raise ValueError(_("choose where to save the adapter"))
-            volume = p.inputVolume
-            labels = logic.read_segment(p.segmentation, p.segmentName, volume)
+            data = list(logic.training) or [logic.read_annotation(*self._segmentArgs())]
             work = logic.train_adapter_iter(
-                logic.read_volume(volume), labels, method=p.adapterMethod, steps=p.adapterSteps
+                data, str(p.adapterPath or ""), p.adapterBase, p.adapterMethod, p.adapterSteps
             )
-            path = p.adapterPath
-            self._start("adapter training", work, lambda adapter: adapter.save(path))
+            self._start("adapter training", work, self._showTrained)
+
+    def _showTrained(self, trained) -> None:
+        self.ui.statusLabel.text = trained.summary()
 
     def onApplyAdapter(self) -> None:
-        """Segment the input volume with the saved adapter into '<segment> (adapter)'."""
+        """Segment the input volume with the adapter file into '<segment> (adapter)'.
+
+        Box-head adapters follow the prompt path (ROI and points, propagation if checked).
+        """
         with self._action(_("Applying the adapter failed.")):
             logic, p = self._ensureLogic(), self._parameterNode
-            volume = p.inputVolume
-            work = logic.apply_adapter_iter(logic.read_volume(volume), str(p.adapterPath))
-            name = f"{p.segmentName} (adapter)"
+            volume, name = p.inputVolume, f"{p.segmentName} (adapter)"
+            adapter = logic.read_adapter(str(p.adapterPath or ""), p.adapterBase)
+            if adapter.prompted:
+                self._start("adapter", *self._promptedWork(name, adapter))
+                return
+            axis = logic.view_axis(volume, p.view)
+            work = logic.apply_adapter_iter(logic.read_volume(volume), adapter, axis)
             write = partial(logic.write_segment, p.segmentation, name, volume_node=volume)
             self._start("adapter", work, write)
 
@@ -358,40 +387,11 @@ class FMSegTest(ScriptedLoadableModuleTest):
         self.test_RoundTrip()
 
     def test_RoundTrip(self):
-        """Oblique volume + ROI -> segment; undo; in-context support; uncertainty outputs."""
+        """Oblique volume -> segment, undo, in-context, uncertainty, adapter (FMSegLib.selftest)."""
         if not install.core_installed():
             self.skipTest("fmseg is not installed (click 'Install fmseg')")
-        import numpy as np
-        from FMSegLib.logic import FMSegLogic
+        from FMSegLib import selftest
 
         self.delayDisplay("Starting the FMSeg round trip")
-        grid = np.indices((12, 40, 48), dtype=float)
-        truth = ((grid[0] - 6) / 3.5) ** 2 + ((grid[1] - 20) / 9) ** 2 + (
-            (grid[2] - 22) / 11
-        ) ** 2 <= 1
-        volume = slicer.util.addVolumeFromArray((truth * 200.0).astype(np.float32), name="phantom")
-        matrix = vtk.vtkMatrix4x4()
-        transform = vtk.vtkTransform()
-        transform.RotateX(14)
-        transform.RotateZ(23)
-        transform.Scale(0.8, 0.6, 2.5)
-        matrix.DeepCopy(transform.GetMatrix())
-        volume.SetIJKToRASMatrix(matrix)
-        seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        logic = FMSegLogic(slicer.mrmlScene, tiny=True)
-
-        logic.write_segment(seg, "ball", truth, volume)
-        self.assertTrue(np.array_equal(logic.read_segment(seg, "ball", volume), truth))
-        self.assertEqual(logic.add_support(volume, seg, "ball", max_slices=4), 4)
-        from fmseg import drain
-
-        result = drain(logic.incontext_iter(logic.read_volume(volume), 0, "interpolation"))
-        logic.write_incontext(result, seg, volume)
-        got = logic.read_segment(seg, "ball", volume)
-        self.assertGreater(2 * (got & truth).sum() / (got.sum() + truth.sum()), 0.8)
-        self.assertTrue(logic.undo(seg))
-        self.assertTrue(np.array_equal(logic.read_segment(seg, "ball", volume), truth))
-        samples = drain(logic.sample_iter(logic.read_volume(volume), 0, "tyche-small", k=2))
-        nodes = logic.write_uncertainty(samples, volume, "phantom")
-        self.assertEqual(nodes.samples.GetNumberOfDataNodes(), 2)
+        selftest.round_trip(slicer.mrmlScene, say=self.delayDisplay)
         self.delayDisplay("Test passed")

@@ -203,7 +203,7 @@ def test_bad_annotations_are_named():
     with pytest.raises(M.MethodError, match="prompt-free head does not use the mask decoder"):
         AdapterConfig(method="decoder", head="auto").resolved_head(2)
     assert AdapterConfig(method="lora", where="encoder", head="auto").resolved_head(2) == "auto"
-    b = Annotation(a.image, a.labels, 2, axis=1)
+    b = Annotation(a.image, a.labels, 2, axis=1, slices=(20,))
     with pytest.raises(AnnotationError, match="one axis"):
         drain(train_adapter_iter([a, b], "hdbet", tiny=True))
 
@@ -242,3 +242,25 @@ def test_volume_prediction_whole_and_sliding_agree():
     )
     assert whole.shape == slid.shape == vol.shape
     assert len(steps) > 1 and np.abs(whole - slid).max() < 0.2  # instance norm sees other crops
+
+
+def test_patchwise_decoding_matches_training_crops():
+    from fmseg.adapters.bases import decode_by_patches
+
+    res = _train("bitfit", "hdbet")
+    assert res.model.config.patch == FAST.patch  # recorded so apply decodes at that size
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        whole = res.model({"image": x})
+        one = decode_by_patches(res.model, x, patch=32)  # one window: the same computation
+        four = decode_by_patches(res.model, x, patch=16)
+    assert torch.allclose(whole, one, atol=1e-5)
+    assert four.shape == whole.shape and not torch.allclose(whole, four, atol=1e-3)
+
+
+def test_best_state_is_a_snapshot_not_the_live_weights():
+    model = build_adapted("hdbet", AdapterConfig(method="linear-probe"), tiny=True)
+    state = model.adapter_state()
+    with torch.no_grad():
+        model.head.conv.weight.add_(1.0)
+    assert not torch.equal(state["head.conv.weight"], model.head.conv.weight)

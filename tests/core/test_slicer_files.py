@@ -151,11 +151,23 @@ def test_install_commands_pin_torch_and_install_the_checkout(tmp_path):
 
 
 def test_menu_choices_exist_in_the_core():
+    from fmseg.adapters.methods import METHODS
     from fmseg.incontext import BACKENDS, SAMPLERS
+    from fmseg.registry import get_spec
 
     choices = _load("choices")
     assert set(choices.BACKENDS) <= set(BACKENDS)
     assert set(choices.SAMPLERS) <= set(SAMPLERS)
+    assert sorted(choices.ADAPTER_METHODS) == sorted(METHODS)  # every method, each once
+    assert [get_spec(b).kind for b in choices.ADAPTER_BASES] == ["promptable", "volumetric"]
     fields = _parameter_fields()
-    for name in ("view", "backend", "sampler", "adapterMethod"):
+    menus = {
+        "view": choices.VIEWS,
+        "backend": choices.BACKENDS,
+        "sampler": choices.SAMPLERS,
+        "adapterMethod": choices.ADAPTER_METHODS,
+        "adapterBase": choices.ADAPTER_BASES,
+    }
+    for name, menu in menus.items():
         assert "Choice" in ast.unparse(fields[name].annotation)
+        assert ast.literal_eval(fields[name].value) in menu, name  # a valid default

@@ -11,6 +11,8 @@ if not hasattr(slicer, "vtkMRMLScene"):  # the unrelated PyPI package also calle
 
 from vtk import vtkMatrix4x4  # noqa: E402  (slicer-core brings VTK)
 
+from fmseg import coords  # noqa: E402
+
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
     cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
@@ -51,3 +53,33 @@ def vtk_ijk_to_ras(node, kji) -> np.ndarray:
     node.GetIJKToRASMatrix(m)
     k, j, i = (float(v) for v in kji)
     return np.array(m.MultiplyPoint((i, j, k, 1.0))[:3])
+
+
+def _matrix(node) -> np.ndarray:
+    m = vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _to_vtk(array: np.ndarray) -> vtkMatrix4x4:
+    m = vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(array[r, c]))
+    return m
+
+
+def roi_around(scene, volume, truth, k, margin=2.0):
+    """An ROI along the volume's axes around the truth's voxels on slice ``k`` (as drawn in a
+    slice view rotated to the volume plane), one slice thick."""
+    jj, ii = np.nonzero(truth[k])
+    lo = np.array([k - 0.5, jj.min() - margin, ii.min() - margin])
+    hi = np.array([k + 0.5, jj.max() + margin, ii.max() + margin])
+    m = _matrix(volume)
+    orient = np.eye(4)
+    orient[:3, :3] = m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0)
+    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    roi.SetAndObserveObjectToNodeMatrix(_to_vtk(orient))
+    roi.SetCenter(*vtk_ijk_to_ras(volume, (lo + hi) / 2))
+    roi.SetSize(*((hi - lo) * np.array(coords.array_spacing(m)))[::-1])
+    return roi

@@ -1,4 +1,7 @@
-"""FMSegLogic on real MRML: in-context support from segments, uncertainty outputs, adapters."""
+"""FMSegLogic on real MRML: in-context support from segments, uncertainty outputs.
+
+Adapters: tests/slicer/test_adapters.py.
+"""
 
 from __future__ import annotations
 
@@ -109,26 +112,3 @@ def test_uncertainty_by_test_time_augmentation_is_uncertain_only_near_the_edge(s
     ent = uncertainty.entropy(samples)
     assert ent[truth].mean() < 0.5 and ent[~truth].mean() < 0.5
     assert samples.shape == (4, *truth.shape)
-
-
-def test_adapters_are_guarded_or_train_and_apply(scene, phantom, tmp_path):
-    volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
-    try:
-        train = logic.adapters_api("train_adapter_iter")
-        logic.adapters_api("load_adapter")
-        logic.adapters_api("apply_adapter_iter")
-    except logic_module.AdaptersUnavailable as exc:
-        assert "update fmseg" in str(exc)
-        with pytest.raises(logic_module.AdaptersUnavailable):
-            drain(logic.train_adapter_iter(logic.read_volume(volume), truth, steps=1))
-        with pytest.raises(logic_module.AdaptersUnavailable):
-            drain(logic.apply_adapter_iter(logic.read_volume(volume), str(tmp_path / "a.pt")))
-        return
-    assert callable(train)
-    vol = logic.read_volume(volume)
-    adapter = drain(logic.train_adapter_iter(vol, truth, steps=2, tiny=True))
-    path = tmp_path / "adapter.pt"
-    adapter.save(path)
-    mask = drain(logic.apply_adapter_iter(vol, str(path)))
-    assert mask.shape == truth.shape

@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slicer_helpers import vtk_ijk_to_ras
+from slicer_helpers import roi_around as _roi_around
 
-from fmseg import Progress, coords, drain
+from fmseg import Progress, drain
 
 pytestmark = pytest.mark.slicer
 
 logic_module = pytest.importorskip("FMSegLib.logic")
-from FMSegLib import mrml  # noqa: E402
 from FMSegLib.worker import BackgroundTask  # noqa: E402
 
 FMSegLogic = logic_module.FMSegLogic
-
-
-def _roi_around(scene, volume, truth, k, margin=2.0):
-    """An ROI along the volume's axes around the truth's voxels on slice ``k`` (as drawn in a
-    slice view rotated to the volume plane), one slice thick."""
-    jj, ii = np.nonzero(truth[k])
-    lo = np.array([k - 0.5, jj.min() - margin, ii.min() - margin])
-    hi = np.array([k + 0.5, jj.max() + margin, ii.max() + margin])
-    m = mrml.ijk_to_ras(volume)
-    orient = np.eye(4)
-    orient[:3, :3] = m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0)
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
-    roi.SetAndObserveObjectToNodeMatrix(mrml.array_to_matrix(orient))
-    roi.SetCenter(*vtk_ijk_to_ras(volume, (lo + hi) / 2))
-    roi.SetSize(*((hi - lo) * np.array(coords.array_spacing(m)))[::-1])
-    return roi
 
 
 def test_segment_slice_writes_the_mask_into_that_slice_only(scene, phantom):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -85,8 +86,9 @@ def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings
         return SliceFeeder(model, samples, settings.val_fraction, settings.augment, settings.seed)
     multiple = max(16, getattr(model.net, "divisor", 16))
     samples = [volume_sample(a, _spacing(model.base_id), multiple) for a in annotations]
-    axis = annotations[0].axis
-    if any(a.axis != axis for a in annotations):
+    sparse = [a for a in annotations if a.slices is not None]  # the axis matters only here
+    axis = sparse[0].axis if sparse else annotations[0].axis
+    if any(a.axis != axis for a in sparse):
         raise AnnotationError("annotated slices of all training volumes must lie on one axis")
     return VolumeFeeder(
         model,
@@ -128,6 +130,8 @@ def train_adapter_iter(
     if not annotations:
         raise ValueError("give at least one annotated image to train on")
     config, settings = config or AdapterConfig(), settings or TrainSettings()
+    if get_spec(base).kind == "volumetric":
+        config = replace(config, patch=settings.patch)
     torch.manual_seed(settings.seed)
     model = build_adapted(base, config, tiny, device, checkpoint)
     feeder = make_feeder(model, annotations, settings)

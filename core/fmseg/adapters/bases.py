@@ -36,6 +36,8 @@ class AdapterConfig:
         alpha: LoRA / ARENA scale numerator.
         arena_l1: Weight of the L1 penalty on ARENA's rank vector.
         class_index: Pretrained output class to start the probe from (3D), or None.
+        patch: 3D training patch side; inference decodes patch by patch at this size so that
+            instance-norm statistics match training (set by the trainer).
     """
 
     method: str = "decoder"
@@ -45,6 +47,7 @@ class AdapterConfig:
     alpha: float = 8.0
     arena_l1: float = 0.02
     class_index: int | None = None
+    patch: int | None = None
 
     def methods(self) -> tuple[str, ...]:
         """The parsed method names.
@@ -120,7 +123,9 @@ class AdaptedModel(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Only the trainable tensors (what an adapter checkpoint stores)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {n: t.detach().cpu() for n, t in self.state_dict().items() if n in names}
+        # clone: on CPU, .cpu() returns the live storage, and a kept "best" state would follow
+        # every later optimiser step.
+        return {n: t.detach().cpu().clone() for n, t in self.state_dict().items() if n in names}
 
 
 def apply_methods(model: AdaptedModel, feature_channels: int) -> dict[str, int]:
@@ -208,6 +213,53 @@ class VolumeAdapted(AdaptedModel):
         else:
             feats = self.net.features(batch["image"])
         return self.head(feats)
+
+
+def decode_by_patches(model: VolumeAdapted, x: torch.Tensor, patch: int, grid: int = 16):
+    """Logits of a 3D model whose decoder trained on ``patch``-sized crops, patch by patch.
+
+    The encoder runs once on the whole volume (as when its outputs were cached for training);
+    the decoder and head run on crops of its outputs on the stride grid, half-overlapping,
+    blended with a Gaussian. Instance-norm statistics thus come from patches of the size seen
+    in training, not from the whole volume (measured: whole-volume decoding of a decoder
+    trained on 32^3 patches predicted no foreground at all).
+
+    Args:
+        model: Adapted 3D model with ``net.encode`` / ``net.decode``.
+        x: ``(1, 1, D, H, W)`` input, sides multiples of ``grid``.
+        patch: Crop side (multiple of ``grid``).
+        grid: Network stride.
+    """
+    from .sliding import importance_map, window_starts
+
+    levels = model.net.encode(x)
+    shape = x.shape[2:]
+    sizes = [min(patch, n) for n in shape]
+    starts = [window_starts(n, p, 0.5) for n, p in zip(shape, sizes, strict=True)]
+    weight = importance_map(sizes, device=x.device)
+    out, norm = x.new_zeros((1, 1, *shape)), x.new_zeros(tuple(shape))
+    for c0 in starts[0]:
+        for c1 in starts[1]:
+            for c2 in starts[2]:
+                corner = [c // grid * grid for c in (c0, c1, c2)]
+                crops = []
+                for t in levels:
+                    f = shape[-1] // t.shape[-1]
+                    crops.append(
+                        t[
+                            (
+                                ...,
+                                *(
+                                    slice(c // f, (c + p) // f)
+                                    for c, p in zip(corner, sizes, strict=True)
+                                ),
+                            )
+                        ]
+                    )
+                win = tuple(slice(c, c + p) for c, p in zip(corner, sizes, strict=True))
+                out[(0, 0, *win)] += model({"levels": crops})[0, 0] * weight
+                norm[win] += weight
+    return out / norm
 
 
 def init_probe_from_base(model: VolumeAdapted) -> None:

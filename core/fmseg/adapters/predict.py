@@ -14,7 +14,7 @@ from ..prompts import Box
 from ..registry import get_spec
 from ..transforms import SliceFrame, intensity_window, prepare_slice
 from ..validation import check_volume
-from .bases import AdaptedModel, SamAdapted
+from .bases import AdaptedModel, SamAdapted, decode_by_patches
 from .data import pad16, to_model_grid
 from .sliding import sliding_window_iter
 
@@ -104,9 +104,10 @@ def predict_volume_iter(
         volume: ``(D0, D1, D2)`` image.
         spacing: Voxel size per axis (mm).
         grid_mm: Isotropic spacing the base network expects.
-        patch: Sliding-window size (Gaussian blending, 25 % overlap); None uses the base's
-            ``patch_size`` if it has one (MONAI backbones), else one whole-volume pass (HD-BET
-            was built for whole volumes).
+        patch: Sliding-window size (Gaussian blending, 25 % overlap) for black-box adapters;
+            None uses the base's ``patch_size`` if it has one (MONAI backbones), else one
+            whole-volume pass (HD-BET was built for whole volumes). Adapters that trained the
+            network itself run at their training patch size (see :func:`decode_by_patches`).
 
     Returns:
         ``volume``-shaped float32 foreground probability.
@@ -118,7 +119,15 @@ def predict_volume_iter(
     x = to_model_grid(volume, spacing, grid_mm).to(_device(model))
     shape = x.shape[2:]
     patch = patch or getattr(model.net, "patch_size", None)
-    if patch is None:
+    trained = model.config.patch if not model.frozen_net else None
+    if trained and model.cacheable and hasattr(model.net, "encode"):
+        with torch.inference_mode():  # encoder on the volume, decoder on training-size patches
+            logits = decode_by_patches(model, pad16(x), trained)
+        yield Progress(1, 1, "network")
+    elif trained:  # the encoder trained on image crops too: slide over the image
+        cube = (trained,) * 3
+        logits = yield from sliding_window_iter(lambda t: model({"image": t}), x, cube, 0.5)
+    elif patch is None:
         with torch.inference_mode():
             logits = model({"image": pad16(x, max(16, getattr(model.net, "divisor", 16)))})
         yield Progress(1, 1, "network")

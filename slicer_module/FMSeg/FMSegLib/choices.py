@@ -1,9 +1,22 @@
 """Menu choices of the FMSeg module (plain data: the module imports this before fmseg exists).
 
-tests/core/test_slicer_files.py checks these names against fmseg's own registries.
+tests/core/test_slicer_files.py checks these names against fmseg's own registries
+(``fmseg.incontext.BACKENDS`` / ``SAMPLERS``, ``fmseg.adapters.methods.METHODS``, the model
+registry's promptable and volumetric kinds).
 """
 
 VIEWS = ("axial", "coronal", "sagittal")
 BACKENDS = ("incontext-small", "prototype", "interpolation", "nearest", "intensity", "universeg-v1")
 SAMPLERS = ("tyche-small", "incontext-small+tta", "interpolation+tta", "tyche-v1")
-ADAPTER_METHODS = ("decoder", "lora", "arena", "bitfit", "affine-norm", "linear", "spatial")
+#: fmseg.adapters.methods.METHODS, prompt-free ones first (they apply to a whole volume).
+ADAPTER_METHODS = (
+    "spatial-adapter",
+    "linear-probe",
+    "decoder",
+    "lora",
+    "arena",
+    "bitfit",
+    "norm-affine",
+)
+#: Base models of adapters: LiteMedSAM (2D slices), HD-BET (3D, 1.5 mm).
+ADAPTER_BASES = ("litemedsam", "hdbet")

@@ -9,12 +9,12 @@ Every action has three steps, so the Widget can run the middle one in a backgrou
    ``vtkSegmentationHistory``, the mechanism the Segment Editor uses.
 
 Arrays are ``(K, J, I)`` as ``slicer.util.arrayFromVolume`` gives them; :mod:`fmseg.coords`
-converts between them and RAS.
+converts between them and RAS. Few-shot adapters live in :mod:`FMSegLib.adapters`
+(:class:`~FMSegLib.adapters.AdapterLogic`, a mixin of :class:`FMSegLogic`).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +36,8 @@ from fmseg.incontext import (
 from fmseg.progress import Work
 
 from . import markups, mrml
+from .adapters import AdapterFile, AdapterLogic
 from .markups import SlicePrompts
-
-
-class AdaptersUnavailable(RuntimeError):
-    """The installed fmseg has no (or not yet this part of the) adapters API."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +87,7 @@ def support_slices(mask: np.ndarray, axis: int, max_slices: int) -> list[int]:
     return [int(filled[p]) for p in picks]
 
 
-class FMSegLogic:
+class FMSegLogic(AdapterLogic):
     """The FMSeg module's computation, on one MRML scene.
 
     Args:
@@ -106,7 +103,8 @@ class FMSegLogic:
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.model, self.device, self.tiny = model, device, tiny
         self.support = SupportSet()
-        self._sessions: dict[str, tuple[tuple[str, int], Session]] = {}
+        self.training: list = []  # fmseg.adapters.data.Annotation, see add_training
+        self._sessions: dict[str, tuple[tuple, Session]] = {}
         self._histories: dict[str, Any] = {}
         self._networks: dict[tuple, Any] = {}
         self._volume_stats: dict[tuple[str, int], tuple[tuple[float, float], str]] = {}
@@ -134,30 +132,42 @@ class FMSegLogic:
         return mrml.segment_array(segmentation_node, segment, volume_node)
 
     # -- promptable segmentation (work) -------------------------------------------------------
-    def session_iter(self, volume: VolumeInput) -> Work[Session]:
-        """The volume's :class:`fmseg.Session`, made (model loading) on first use."""
+    def session_iter(
+        self, volume: VolumeInput, adapter: AdapterFile | None = None
+    ) -> Work[Session]:
+        """The volume's :class:`fmseg.Session`, made (model loading) on first use.
+
+        With a box-head ``adapter`` (:meth:`read_adapter`) the session's model is the adapter's
+        base with the adapter merged in; the volume's session is remade when this changes.
+        """
+        key = (volume.key, None if adapter is None else adapter.key)
         cached = self._sessions.get(volume.node_id)
-        if cached is not None and cached[0] == volume.key:
+        if cached is not None and cached[0] == key:
             return cached[1]
-        yield Progress(0, 1, f"loading {self.model}")
+        model = self.model if adapter is None else adapter.base
+        yield Progress(0, 1, f"loading {model}" + ("" if adapter is None else " + adapter"))
         session = Session(
-            volume.array, spacing=volume.spacing, model=self.model, device=self.device,
-            tiny=self.tiny,
+            volume.array, spacing=volume.spacing, model=model, device=self.device,
+            tiny=self.tiny, adapter=None if adapter is None else adapter.path,
         )  # fmt: skip
-        self._sessions[volume.node_id] = (volume.key, session)
+        self._sessions[volume.node_id] = (key, session)
         return session
 
-    def segment_slice_iter(self, volume: VolumeInput, prompts: SlicePrompts) -> Work[np.ndarray]:
-        """Segment the prompted slice; returns its ``(H, W)`` mask."""
-        session = yield from self.session_iter(volume)
+    def segment_slice_iter(
+        self, volume: VolumeInput, prompts: SlicePrompts, adapter: AdapterFile | None = None
+    ) -> Work[np.ndarray]:
+        """Segment the prompted slice (with a box-head adapter, if given); returns ``(H, W)``."""
+        session = yield from self.session_iter(volume, adapter)
         yield Progress(0, 1, f"segmenting slice {prompts.index}")
         mask = session.set_prompts(prompts.axis, prompts.index, prompts.prompts)
         yield Progress(1, 1, f"slice {prompts.index}: {int(mask.sum())} pixels")
         return mask
 
-    def propagate_iter(self, volume: VolumeInput, prompts: SlicePrompts) -> Work[np.ndarray]:
+    def propagate_iter(
+        self, volume: VolumeInput, prompts: SlicePrompts, adapter: AdapterFile | None = None
+    ) -> Work[np.ndarray]:
         """Segment the prompted slice, then propagate it; returns the ``(K, J, I)`` object."""
-        yield from self.segment_slice_iter(volume, prompts)
+        yield from self.segment_slice_iter(volume, prompts, adapter)
         session = self._sessions[volume.node_id][1]
         yield from session.propagate_iter(prompts.axis, prompts.index)
         return session.mask.copy()
@@ -298,41 +308,3 @@ class FMSegLogic:
         )
         ent = mrml.add_scalar_volume(self.scene, uncertainty.entropy(samples), m, f"{name} entropy")
         return UncertaintyNodes(sequence, browser, mean, ent)
-
-    # -- adapters (the only code that knows fmseg.adapters' API) ---------------------
-    @staticmethod
-    def adapters_api(name: str):
-        """The function ``fmseg.adapters.<name>``.
-
-        Raises:
-            AdaptersUnavailable: This fmseg has no adapters yet, or not that function.
-        """
-        try:
-            module = importlib.import_module("fmseg.adapters")
-        except ImportError as exc:
-            raise AdaptersUnavailable(
-                "this fmseg has no adapters (fmseg.adapters): update fmseg"
-            ) from exc
-        function = getattr(module, name, None)
-        if function is None:
-            raise AdaptersUnavailable(f"fmseg.adapters has no {name}() yet: update fmseg")
-        return function
-
-    def train_adapter_iter(self, volume: VolumeInput, labels: np.ndarray, **options) -> Work[Any]:
-        """Few-shot adapter training on one annotated volume; returns the trained adapter.
-
-        Args:
-            volume: The image.
-            labels: ``(K, J, I)`` bool mask of the structure (e.g. :meth:`read_segment`).
-            **options: Passed on (``base``, ``method``, ``steps``, ...).
-        """
-        train = self.adapters_api("train_adapter_iter")
-        options.setdefault("base", self.model)
-        return (yield from train([volume.array], [labels.astype(np.uint8)], label=1, **options))
-
-    def apply_adapter_iter(self, volume: VolumeInput, path: str, **options) -> Work[np.ndarray]:
-        """Segment a volume with a saved adapter; returns a ``(K, J, I)`` mask."""
-        adapter = self.adapters_api("load_adapter")(path)
-        apply = self.adapters_api("apply_adapter_iter")
-        result = yield from apply(adapter, volume.array, spacing=volume.spacing, **options)
-        return np.asarray(result) > 0

@@ -1,0 +1,300 @@
+"""Few-shot adapters in the FMSeg module: segments -> training data, train + save, apply.
+
+The only code of the module that knows :mod:`fmseg.adapters`. :class:`AdapterLogic` is a mixin
+of :class:`~FMSegLib.logic.FMSegLogic` and follows its read -> work -> write split:
+
+* **read** (main thread): :meth:`AdapterLogic.read_annotation` turns a (volume node,
+  segmentation node, segment) into an :class:`fmseg.adapters.data.Annotation` in the volume's
+  ``(K, J, I)`` array space (label value 1; annotated = the slices along the view axis that
+  hold the segment, or the whole volume); :meth:`AdapterLogic.read_adapter` reads an adapter
+  file's header and refuses one trained for another base model.
+* **work** (background thread): :meth:`AdapterLogic.train_adapter_iter` trains and saves the
+  file atomically once training ends (a cancelled run writes nothing);
+  :meth:`AdapterLogic.apply_adapter_iter` segments a whole volume with a prompt-free (2D
+  ``head="auto"`` or 3D) adapter. Box-head adapters go through the prompt path instead
+  (``segment_slice_iter(..., adapter=...)``, an :class:`fmseg.Session` with the adapter merged).
+* **write** (main thread): the Logic's ``write_segment`` / ``write_slice`` (undoable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fmseg import Progress, get_spec
+from fmseg.adapters import api
+from fmseg.adapters.bases import AdapterConfig
+from fmseg.adapters.data import Annotation
+from fmseg.adapters.methods import HEAD_METHODS, PEFT_METHODS, parse_method
+from fmseg.adapters.predict import predict_slices_iter, predict_volume_iter
+from fmseg.adapters.trainer import TrainSettings, TrainStep
+from fmseg.progress import Work
+
+AdapterError = api.AdapterError
+#: Foreground probability above which a voxel joins the segment.
+THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class AdapterFile:
+    """An adapter file's header, read on the main thread before applying it.
+
+    Attributes:
+        path: The file.
+        base: Registry name of the base model it was trained on.
+        method: Its method string.
+        head: ``"box"`` (applied with ROI prompts) or ``"auto"`` (prompt-free).
+        dims: 2 (slice by slice) or 3 (whole volume on the base's grid).
+        metrics: Training metrics stored in the file.
+        mtime_ns: Modification time (a rewritten file gets a new session).
+    """
+
+    path: str
+    base: str
+    method: str
+    head: str
+    dims: int
+    metrics: dict = field(default_factory=dict)
+    mtime_ns: int = 0
+
+    @property
+    def prompted(self) -> bool:
+        """True for box-head adapters (they need an ROI on the slice)."""
+        return self.head == "box"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Identity of this version of the file."""
+        return self.path, self.mtime_ns
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    """What a training run wrote.
+
+    Attributes:
+        path: The adapter file.
+        metrics: Its training metrics (``best_val_dice``, ``steps_run``, ``final_loss``, ...).
+        history: One dict per step: ``step``, ``loss``, ``val_dice``.
+    """
+
+    path: Path
+    metrics: dict
+    history: list[dict]
+
+    def summary(self) -> str:
+        """One line for the status bar."""
+        m = self.metrics
+        dice = m.get("best_val_dice")
+        text = f"adapter saved to {self.path} ({m.get('steps_run')} steps"
+        text += "" if m.get("final_loss") is None else f", final loss {m['final_loss']:.3f}"
+        return text + ("" if dice is None else f", validation Dice {dice:.3f}") + ")"
+
+
+def base_dims(base: str) -> int:
+    """2 for promptable (SAM-family) bases, 3 for volumetric ones."""
+    return 2 if get_spec(base).kind == "promptable" else 3
+
+
+def annotated_slices(mask: np.ndarray, axis: int) -> tuple[int, ...]:
+    """Indices along ``axis`` of the slices where ``mask`` has voxels."""
+    other = tuple(a for a in range(3) if a != axis)
+    return tuple(int(i) for i in np.flatnonzero(np.asarray(mask).any(axis=other)))
+
+
+def adapter_config(
+    base: str, method: str, where: str = "decoder", head: str | None = None, **options
+) -> AdapterConfig:
+    """The :class:`AdapterConfig` for ``method``, with the head that fits it.
+
+    Black-box methods and 3D bases are prompt-free (``"auto"``); methods that train only the
+    decoder keep the box-prompted decoder (``"box"``); otherwise ``head`` (default ``"auto"``).
+    """
+    names = parse_method(method)
+    prompt_free = bool(set(names) & set(HEAD_METHODS)) or base_dims(base) == 3
+    decoder_only = "decoder" in names or (
+        bool(set(names) & set(PEFT_METHODS)) and where != "encoder"
+    )
+    if prompt_free:
+        head = "auto"
+    elif decoder_only:
+        head = "box"
+    return AdapterConfig(method=method, where=where, head=head or "auto", **options)
+
+
+def train_settings(steps: int, lr: float | None = None, **options) -> TrainSettings:
+    """Training settings validating about 20 times per run (at least every 10 steps)."""
+    every = min(10, max(1, steps // 20))
+    options.setdefault("eval_every", every)
+    options.setdefault("patience", max(5, math.ceil(40 / every)))  # 40 steps without progress
+    return TrainSettings(steps=steps, lr=lr, **options)
+
+
+def describe_step(step: Progress) -> Progress:
+    """A training step whose message also names the validation Dice."""
+    if not isinstance(step, TrainStep):
+        return step
+    text = f"training step {step.done}/{step.total}: loss {step.loss:.3f}"
+    if step.val_dice is not None:
+        text += f", validation Dice {step.val_dice:.3f}"
+    return dataclasses.replace(step, message=text)
+
+
+class AdapterLogic:
+    """The adapter half of :class:`~FMSegLib.logic.FMSegLogic` (a mixin).
+
+    Uses the Logic's ``tiny``, ``device``, ``training`` (list of annotations), ``read_volume``,
+    ``read_segment`` and ``view_axis``.
+    """
+
+    tiny: bool
+    device: str | None
+    training: list[Annotation]
+
+    # -- read (main thread) -----------------------------------------------------------------
+    def read_annotation(
+        self, volume_node, segmentation_node, segment: str, view: str = "axial", whole=False
+    ) -> Annotation:
+        """A segment on its volume as training data (label value 1).
+
+        Args:
+            volume_node: The image.
+            segmentation_node: Segmentation holding the segment.
+            segment: Segment name or ID.
+            view: Slice view whose volume axis the annotated slices lie on.
+            whole: The whole volume is annotated (voxels outside the segment are background);
+                otherwise only the slices holding the segment are known, the rest is unknown.
+
+        Raises:
+            ValueError: The segment is empty on this volume.
+        """
+        volume = self.read_volume(volume_node)
+        mask = self.read_segment(segmentation_node, segment, volume_node)
+        axis = self.view_axis(volume_node, view)
+        slices = annotated_slices(mask, axis)
+        if not slices:
+            raise ValueError(f"segment '{segment}' is empty on '{volume_node.GetName()}'")
+        labels = mask.astype(np.uint8)
+        return Annotation(
+            volume.array, labels, 1, axis, None if whole else slices, volume.spacing
+        )  # fmt: skip
+
+    def add_training(self, volume_node, segmentation_node, segment: str, view="axial", whole=False):
+        """Add a segment (and its volume) to the training set; returns the set's size."""
+        self.training.append(
+            self.read_annotation(volume_node, segmentation_node, segment, view, whole)
+        )
+        return len(self.training)
+
+    def read_adapter(self, path: str | os.PathLike, base: str | None = None) -> AdapterFile:
+        """An adapter file's header (base, method, head).
+
+        Raises:
+            AdapterError: Not an adapter file, or one trained for another base than ``base``.
+        """
+        path = str(path)
+        if not path or path == "." or os.path.isdir(path):
+            raise AdapterError("choose an adapter file")
+        ckpt = api.read_adapter(path)
+        if base is not None and base != ckpt["base"]:
+            raise AdapterError(
+                f"adapter {os.path.basename(path)} was trained for '{ckpt['base']}', not for "
+                f"'{base}': choose base '{ckpt['base']}' or another adapter"
+            )
+        config = AdapterConfig(**ckpt["config"])
+        dims = base_dims(ckpt["base"])
+        return AdapterFile(
+            path, ckpt["base"], config.method, config.resolved_head(dims), dims,
+            dict(ckpt.get("metrics") or {}), os.stat(path).st_mtime_ns,
+        )  # fmt: skip
+
+    # -- work (any thread) ------------------------------------------------------------------
+    def train_adapter_iter(
+        self,
+        annotations: Sequence[Annotation],
+        path: str | os.PathLike,
+        base: str = "litemedsam",
+        method: str = "spatial-adapter",
+        steps: int = 200,
+        lr: float | None = None,
+        where: str = "decoder",
+        head: str | None = None,
+        **settings,
+    ) -> Work[TrainedAdapter]:
+        """Train an adapter on annotated volumes, then save it to ``path`` atomically.
+
+        Yields the core's progress while caching, then one :class:`TrainStep` per step (its
+        message names loss and validation Dice). Nothing is written when the run is cancelled
+        or fails.
+
+        Args:
+            annotations: Training data (:meth:`read_annotation`).
+            path: Adapter file to write.
+            base: ``"litemedsam"`` (2D) or ``"hdbet"`` (3D).
+            method: A method of :data:`fmseg.adapters.methods.METHODS` (``+`` combines).
+            steps: Maximum training steps.
+            lr: Learning rate (None: the method's default).
+            where: Part the PEFT methods act on (``"encoder"``, ``"decoder"``, ``"both"``).
+            head: 2D head where the method leaves a choice (see :func:`adapter_config`).
+            **settings: More :class:`TrainSettings` fields (``batch_size``, ``patch``, ...).
+        """
+        if not annotations:
+            raise ValueError("add a segment to the training set first")
+        if not str(path) or str(path) == "." or os.path.isdir(path):
+            raise ValueError("choose where to save the adapter")
+        config = adapter_config(base, method, where, head)
+        if base_dims(base) == 3:  # one slicing axis; it means nothing for whole volumes
+            axis = next((a.axis for a in annotations if a.slices is not None), 0)
+            annotations = [
+                dataclasses.replace(a, axis=axis) if a.slices is None else a for a in annotations
+            ]
+        work = api.train_adapter_iter(
+            list(annotations), base, config, train_settings(steps, lr, **settings),
+            tiny=self.tiny, device=self.device,
+        )  # fmt: skip
+        try:
+            while True:
+                try:
+                    step = next(work)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield describe_step(step)
+        finally:
+            work.close()  # cancelled: stop the core's training generator too
+        yield Progress(result.steps_run, result.steps_run, "saving the adapter")
+        metrics = result.metrics()
+        written = api.save_adapter(path, result.model, metrics)
+        return TrainedAdapter(written, metrics, result.history)
+
+    def apply_adapter_iter(self, volume, adapter: AdapterFile, axis: int = 0) -> Work[np.ndarray]:
+        """Segment a whole volume with a prompt-free adapter; returns a ``(K, J, I)`` mask.
+
+        Args:
+            volume: The Logic's :class:`~FMSegLib.logic.VolumeInput`.
+            adapter: The file's header (:meth:`read_adapter`).
+            axis: Slicing axis of 2D adapters (the view's volume axis).
+
+        Raises:
+            ValueError: A box-head adapter (apply it with an ROI through the prompt path).
+            AdapterError: The base weights differ from those the adapter was trained on.
+        """
+        if adapter.prompted:
+            raise ValueError(
+                "this adapter keeps the box-prompted decoder: place an ROI on a slice "
+                "(or train a prompt-free method such as spatial-adapter)"
+            )
+        yield Progress(0, 1, f"loading {adapter.base} + adapter")
+        model = api.load_adapter(adapter.path, adapter.base, tiny=self.tiny, device=self.device)
+        if adapter.dims == 3:
+            grid = float(get_spec(adapter.base).extra.get("spacing_mm", 1.0))
+            prob = yield from predict_volume_iter(model, volume.array, volume.spacing, grid)
+        else:
+            prob = yield from predict_slices_iter(model, volume.array, axis, spacing=volume.spacing)
+        return np.asarray(prob) > THRESHOLD
