@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fmseg.coords import array_spacing, ijk_to_world_matrix
 from fmseg.io import SUPPORTED_EXTENSIONS, load_volume, save_labels
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -85,7 +86,7 @@ def volume_layer(path: str | Path) -> LayerDataTuple:
     )
     kwargs: dict[str, Any] = {
         "name": _layer_name(p),
-        "scale": tuple(float(s) for s in reversed(vol.spacing)),
+        "scale": array_spacing(vol.affine, "kji"),  # layer data are kji array indices
         "metadata": {
             "affine": vol.affine.copy(),
             "source_path": str(p),
@@ -115,11 +116,10 @@ def read_volumes(path: str | Sequence[str]) -> list[LayerDataTuple]:
 
 def _fallback_affine(meta: dict[str, Any], ndim: int) -> np.ndarray:
     """Diagonal file-order affine from a layer's napari scale/translate (which are z, y, x)."""
-    scale = list(meta.get("scale") or [1.0] * ndim)[-3:]
-    translate = list(meta.get("translate") or [0.0] * ndim)[-3:]
-    affine = np.diag([*(float(s) for s in reversed(scale)), 1.0])
-    affine[:3, 3] = [float(t) for t in reversed(translate)]
-    return affine
+    scale = [float(s) for s in list(meta.get("scale") or [1.0] * ndim)[-3:]]
+    translate = [float(t) for t in list(meta.get("translate") or [0.0] * ndim)[-3:]]
+    # napari data (z, y, x) are the file's (k, j, i): reverse both into file (i, j, k) order.
+    return ijk_to_world_matrix(translate[::-1], scale[::-1])
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
