@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import vtk
-from slicer_helpers import add_volume, ball, roi_around, rotation
 
-from fmseg import Cancelled, Progress, coords, drain
-from fmseg.adapters.trainer import TrainStep
+vtk = pytest.importorskip("vtk", reason="needs slicer-core (bash .ci/install-slicer)")
+from slicer_helpers import add_volume, ball, roi_around, rotation  # noqa: E402
+
+from fmseg import Cancelled, Progress, coords, drain  # noqa: E402
+from fmseg.adapters.trainer import TrainStep  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
