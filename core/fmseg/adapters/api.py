@@ -84,7 +84,7 @@ def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings
     if isinstance(model, SamAdapted):
         samples = slice_samples(annotations, model.net.img_size)
         return SliceFeeder(model, samples, settings.val_fraction, settings.augment, settings.seed)
-    multiple = max(16, getattr(model.net, "divisor", 16))
+    multiple = model.multiple
     samples = [volume_sample(a, _spacing(model.base_id), multiple) for a in annotations]
     sparse = [a for a in annotations if a.slices is not None]  # the axis matters only here
     axis = sparse[0].axis if sparse else annotations[0].axis

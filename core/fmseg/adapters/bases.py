@@ -12,6 +12,8 @@ computed once and training runs on cached features).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -116,6 +118,11 @@ class AdaptedModel(nn.Module):
         enc = self.prefixes("encoder")
         return not any(p.requires_grad for n, p in self.net.named_parameters() if M._under(n, enc))
 
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.parameters()).device
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -200,6 +207,11 @@ class VolumeAdapted(AdaptedModel):
         self.parts = {"encoder": tuple(enc), "decoder": tuple(dec)}
 
     @property
+    def multiple(self) -> int:
+        """What input sides must be multiples of: the network's stride (at least 16)."""
+        return max(16, getattr(self.net, "divisor", 16))
+
+    @property
     def frozen_net(self) -> bool:
         """True when no parameter of the base network trains (black-box methods)."""
         return not any(p.requires_grad for p in self.net.parameters())
@@ -215,7 +227,26 @@ class VolumeAdapted(AdaptedModel):
         return self.head(feats)
 
 
-def decode_by_patches(model: VolumeAdapted, x: torch.Tensor, patch: int, grid: int = 16):
+def crop_levels(
+    levels: list[torch.Tensor], shape: Sequence[int], corner: Sequence[int], sizes: Sequence[int]
+) -> list[torch.Tensor]:
+    """The window ``corner : corner + sizes`` of a full-resolution ``shape``, in every level.
+
+    Args:
+        levels: Encoder outputs ``(B, C, D / f, H / f, W / f)``, ``f`` a power of 2.
+        shape: ``(D, H, W)`` of the input the levels were computed from.
+        corner: Window start per side, a multiple of the coarsest level's ``f``.
+        sizes: Window size per side.
+    """
+    out = []
+    for t in levels:
+        f = shape[-1] // t.shape[-1]
+        window = (slice(c // f, (c + p) // f) for c, p in zip(corner, sizes, strict=True))
+        out.append(t[(slice(None), slice(None), *window)])
+    return out
+
+
+def decode_by_patches(model: VolumeAdapted, x: torch.Tensor, patch: int) -> torch.Tensor:
     """Logits of a 3D model whose decoder trained on ``patch``-sized crops, patch by patch.
 
     The encoder runs once on the whole volume (as when its outputs were cached for training);
@@ -226,39 +257,23 @@ def decode_by_patches(model: VolumeAdapted, x: torch.Tensor, patch: int, grid: i
 
     Args:
         model: Adapted 3D model with ``net.encode`` / ``net.decode``.
-        x: ``(1, 1, D, H, W)`` input, sides multiples of ``grid``.
-        patch: Crop side (multiple of ``grid``).
-        grid: Network stride.
+        x: ``(1, 1, D, H, W)`` input, sides multiples of ``model.multiple``.
+        patch: Crop side (multiple of ``model.multiple``).
     """
     from .sliding import importance_map, window_starts
 
     levels = model.net.encode(x)
-    shape = x.shape[2:]
+    shape, grid = x.shape[2:], model.multiple
     sizes = [min(patch, n) for n in shape]
     starts = [window_starts(n, p, 0.5) for n, p in zip(shape, sizes, strict=True)]
     weight = importance_map(sizes, device=x.device)
     out, norm = x.new_zeros((1, 1, *shape)), x.new_zeros(tuple(shape))
-    for c0 in starts[0]:
-        for c1 in starts[1]:
-            for c2 in starts[2]:
-                corner = [c // grid * grid for c in (c0, c1, c2)]
-                crops = []
-                for t in levels:
-                    f = shape[-1] // t.shape[-1]
-                    crops.append(
-                        t[
-                            (
-                                ...,
-                                *(
-                                    slice(c // f, (c + p) // f)
-                                    for c, p in zip(corner, sizes, strict=True)
-                                ),
-                            )
-                        ]
-                    )
-                win = tuple(slice(c, c + p) for c, p in zip(corner, sizes, strict=True))
-                out[(0, 0, *win)] += model({"levels": crops})[0, 0] * weight
-                norm[win] += weight
+    for start in itertools.product(*starts):
+        corner = [c // grid * grid for c in start]
+        win = tuple(slice(c, c + p) for c, p in zip(corner, sizes, strict=True))
+        logits = model({"levels": crop_levels(levels, shape, corner, sizes)})
+        out[(0, 0, *win)] += logits[0, 0] * weight
+        norm[win] += weight
     return out / norm
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..transforms import SliceFrame, intensity_window, prepare_slice
 from ..validation import check_volume
+from .sliding import pad_to_multiple
 
 MIN_VOXELS = 10
 
@@ -159,14 +160,6 @@ def to_model_grid(image: np.ndarray, spacing, target: float) -> torch.Tensor:
     return (t - t.mean()) / t.std().clamp_min(1e-6)
 
 
-def pad16(t: torch.Tensor, multiple: int = 16) -> torch.Tensor:
-    """Pad the last three sides of ``t`` up to multiples of ``multiple`` (edge values)."""
-    pads = []
-    for n in reversed(t.shape[-3:]):
-        pads += [0, (-n) % multiple]
-    return F.pad(t, pads, mode="replicate") if any(pads) else t
-
-
 def volume_sample(a: Annotation, target_spacing: float, multiple: int = 16) -> VolumeSample:
     """Resample one annotation onto the model grid, keeping only annotated slices as known.
 
@@ -189,5 +182,7 @@ def volume_sample(a: Annotation, target_spacing: float, multiple: int = 16) -> V
             sl = F.interpolate(fg.select(a.axis, s)[None, None], plane, mode="nearest")[0, 0]
             target[0].select(a.axis, j).copy_(sl)
             weight[0].select(a.axis, j).fill_(1.0)
-    image, target, weight = (pad16(t[None], multiple)[0] for t in (image, target, weight))
+    image, target, weight = (
+        pad_to_multiple(t[None], multiple, "replicate")[0][0] for t in (image, target, weight)
+    )
     return VolumeSample(image, target, weight)

@@ -14,7 +14,7 @@ import torch
 from ..predictor import SamPredictor
 from ..progress import Progress, Work
 from ..registry import get_spec
-from .bases import SamAdapted, VolumeAdapted
+from .bases import SamAdapted, VolumeAdapted, crop_levels
 from .data import SliceSample, VolumeSample
 
 
@@ -58,6 +58,7 @@ class SliceFeeder:
         self.val = [samples[i] for i in val]
         self.embeddings = {} if embeddings is None else embeddings
         self.use_cache = model.cacheable
+        self._val_batches: list[dict] | None = None  # built once, after prepare()
 
     def prepare(self) -> Work[None]:
         """Embed every slice once when the encoder is frozen (yields progress)."""
@@ -72,12 +73,8 @@ class SliceFeeder:
             self.embeddings[id(s)] = predictor.embed_batch(s.image[None])[0].clone()
             yield Progress(i + 1, len(todo), "embedding annotated slices")
 
-    @property
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def _collate(self, samples: Sequence[SliceSample], gen: torch.Generator | None) -> dict:
-        dev = self._device
+        dev = self.model.device
         batch = {
             "target": torch.stack([s.target for s in samples]).to(dev),
             "weight": torch.stack([s.weight for s in samples]).to(dev),
@@ -104,7 +101,10 @@ class SliceFeeder:
 
     def validation_batches(self) -> list[dict]:
         """The held-out slices in batches of 8 (empty list without validation)."""
-        return [self._collate(self.val[i : i + 8], None) for i in range(0, len(self.val), 8)]
+        if self._val_batches is None:
+            val = self.val
+            self._val_batches = [self._collate(val[i : i + 8], None) for i in range(0, len(val), 8)]
+        return self._val_batches
 
 
 class VolumeFeeder:
@@ -139,6 +139,8 @@ class VolumeFeeder:
             self.val += va
         self.cache: dict = {} if cache is None else cache  # (id(image), kind) -> tensors
         self.kind: str | None = None  # "features", "levels" or None (set by prepare)
+        self._pools: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._val_batches: list[dict] | None = None  # built once, after prepare()
 
     def _split(self, s: VolumeSample, fraction: float, gen) -> tuple[VolumeSample, list]:
         dims = [d for d in range(3) if d != self.axis]
@@ -157,15 +159,16 @@ class VolumeFeeder:
         m = self.model
         vols = {id(s.image): s.image for s in self.train}
         vols.update({id(s.image): s.image for s, _ in self.val})
-        self.kind = "features" if m.frozen_net else "levels"
-        if not (m.frozen_net or m.cacheable and hasattr(m.net, "encode")):
-            self.kind = None
-            return
-        dev = next(m.parameters()).device
+        if m.frozen_net:
+            self.kind = "features"
+        elif m.cacheable and hasattr(m.net, "encode"):
+            self.kind = "levels"
+        else:
+            return  # the encoder trains: every step runs on image crops
         todo = [(k, v) for k, v in vols.items() if (k, self.kind) not in self.cache]
         with torch.no_grad():
             for i, (key, img) in enumerate(todo):
-                x = img[None].to(dev)
+                x = img[None].to(m.device)
                 out = m.net.features(x) if m.frozen_net else m.net.encode(x)
                 self.cache[key, self.kind] = out
                 yield Progress(i + 1, len(todo), "encoding annotated volumes")
@@ -189,20 +192,16 @@ class VolumeFeeder:
         elif torch.is_tensor(cached):
             batch["features"] = cached[sl[:1] + sl]
         else:
-            batch["levels"] = [self._crop_level(t, s, corner) for t in cached]
+            batch["levels"] = crop_levels(cached, s.image.shape[1:], corner, self._sizes(s))
         return batch
 
-    def _crop_level(self, t: torch.Tensor, s: VolumeSample, corner: Sequence[int]):
-        f = s.image.shape[-1] // t.shape[-1]
-        sl = (slice(c // f, (c + p) // f) for c, p in zip(corner, self._sizes(s), strict=False))
-        return t[(slice(None), slice(None), *sl)]
-
     def _centre(self, s: VolumeSample, gen: torch.Generator) -> list[int]:
-        known = s.weight[0] > 0
-        pool = known & (s.target[0] > 0)
-        if not pool.any() or torch.rand(1, generator=gen).item() > 0.7:
-            pool = known
-        idx = pool.nonzero()
+        """A random annotated voxel: a foreground one 70 % of the time (when there is one)."""
+        if id(s) not in self._pools:  # voxel lists computed once per volume, not every step
+            known = s.weight[0] > 0
+            self._pools[id(s)] = ((known & (s.target[0] > 0)).nonzero(), known.nonzero())
+        fg, known = self._pools[id(s)]
+        idx = known if len(fg) == 0 or torch.rand(1, generator=gen).item() > 0.7 else fg
         return idx[torch.randint(len(idx), (1,), generator=gen).item()].tolist()
 
     def batch(self, size: int, gen: torch.Generator) -> dict:
@@ -218,7 +217,12 @@ class VolumeFeeder:
         return batch
 
     def validation_batches(self) -> list[dict]:
-        """One patch per held-out slice, scored on that slice only."""
+        """One patch per held-out slice, scored on that slice only (built once)."""
+        if self._val_batches is None:
+            self._val_batches = self._build_validation()
+        return self._val_batches
+
+    def _build_validation(self) -> list[dict]:
         out = []
         for s, j in self.val:
             w = torch.zeros_like(s.weight)

@@ -15,12 +15,8 @@ from ..registry import get_spec
 from ..transforms import SliceFrame, intensity_window, prepare_slice
 from ..validation import check_volume
 from .bases import AdaptedModel, SamAdapted, decode_by_patches
-from .data import pad16, to_model_grid
-from .sliding import sliding_window_iter
-
-
-def _device(model: AdaptedModel) -> torch.device:
-    return next(model.parameters()).device
+from .data import to_model_grid
+from .sliding import pad_to_multiple, sliding_window_iter
 
 
 def _embedder(model: SamAdapted):
@@ -41,7 +37,7 @@ def _embedder(model: SamAdapted):
 
     def plain(img, window, sp):
         frame = SliceFrame.for_slice(img.shape, sp, model.net.img_size)
-        return {"image": prepare_slice(img, window, frame).to(_device(model))}, frame
+        return {"image": prepare_slice(img, window, frame).to(model.device)}, frame
 
     return plain
 
@@ -82,7 +78,7 @@ def predict_slices_iter(
             continue
         batch, frame = embed(np.take(volume, s, axis), window, sp)
         if model.head_kind == "box":
-            batch["box"] = torch.from_numpy(frame.box_to_model(boxes[s]))[None].to(_device(model))
+            batch["box"] = torch.from_numpy(frame.box_to_model(boxes[s]))[None].to(model.device)
         with torch.inference_mode():
             p = torch.sigmoid(frame.logits_to_slice(model(batch).float()))[0, 0]
         prob[(slice(None),) * axis + (s,)] = p.cpu().numpy()
@@ -116,20 +112,21 @@ def predict_volume_iter(
     if volume.ndim != 3:
         raise ValueError(f"3D adapters need a 3D volume, got shape {volume.shape}")
     yield Progress(0, 1, "resampling")
-    x = to_model_grid(volume, spacing, grid_mm).to(_device(model))
+    x = to_model_grid(volume, spacing, grid_mm).to(model.device)
     shape = x.shape[2:]
     patch = patch or getattr(model.net, "patch_size", None)
     trained = model.config.patch if not model.frozen_net else None
     if trained and model.cacheable and hasattr(model.net, "encode"):
         with torch.inference_mode():  # encoder on the volume, decoder on training-size patches
-            logits = decode_by_patches(model, pad16(x), trained)
+            padded = pad_to_multiple(x, model.multiple, "replicate")[0]
+            logits = decode_by_patches(model, padded, trained)
         yield Progress(1, 1, "network")
     elif trained:  # the encoder trained on image crops too: slide over the image
         cube = (trained,) * 3
         logits = yield from sliding_window_iter(lambda t: model({"image": t}), x, cube, 0.5)
     elif patch is None:
         with torch.inference_mode():
-            logits = model({"image": pad16(x, max(16, getattr(model.net, "divisor", 16)))})
+            logits = model({"image": pad_to_multiple(x, model.multiple, "replicate")[0]})
         yield Progress(1, 1, "network")
     else:
         logits = yield from sliding_window_iter(lambda t: model({"image": t}), x, patch)
