@@ -25,7 +25,6 @@ from fmseg.adapters.data import Annotation
 from fmseg.adapters.predict import predict_slices_iter, predict_volume_iter
 from fmseg.progress import Work
 from fmseg.prompts import Box
-from fmseg.registry import get_spec
 
 from . import _layers as L
 
@@ -236,8 +235,7 @@ def apply_work(
     """Foreground probability of ``volume`` (runs in the worker thread)."""
     if isinstance(model, SamAdapted):
         return (yield from predict_slices_iter(model, volume, axis, slices, boxes, spacing))
-    grid = float(get_spec(model.base_id).extra["spacing_mm"])
-    return (yield from predict_volume_iter(model, volume, spacing, grid))
+    return (yield from predict_volume_iter(model, volume, spacing))
 
 
 def describe_adapter(model: AdaptedModel, metrics: dict) -> str:

@@ -105,8 +105,7 @@ def segment_with_adapter(args: argparse.Namespace, vol: Volume) -> int:
     """Prompt-free ``fmseg segment --adapter``: every slice (2D auto head) or the volume (3D)."""
     model = load_adapter(args.adapter, device=args.device, checkpoint=args.checkpoint)
     if model.dims == 3:
-        grid = float(REGISTRY[model.base_id].extra.get("spacing_mm", 1.0))
-        prob = drain(predict_volume_iter(model, vol.array, vol.spacing, grid), _report)
+        prob = drain(predict_volume_iter(model, vol.array, vol.spacing), _report)
     else:
         prob = drain(predict_slices_iter(model, vol.array, args.axis, spacing=vol.spacing), _report)
     labels = (prob > 0.5).astype(np.uint16) * args.label

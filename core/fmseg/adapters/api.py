@@ -26,7 +26,7 @@ from .bases import (
     apply_methods,
     init_probe_from_base,
 )
-from .data import Annotation, AnnotationError, slice_samples, volume_sample
+from .data import Annotation, AnnotationError, grid_mm, slice_samples, volume_sample
 from .feeders import SliceFeeder, VolumeFeeder
 from .trainer import AdaptResult, TrainSettings, train_iter
 
@@ -46,10 +46,6 @@ def base_fingerprint(base: str, tiny: bool = False, checkpoint: str | None = Non
     if source is None:
         raise WeightsError(f"model '{base}' needs a checkpoint file: pass checkpoint=PATH")
     return source.sha256 or sha256_of(resolve(source))
-
-
-def _spacing(base: str) -> float:
-    return float(get_spec(base).extra.get("spacing_mm", 1.0))
 
 
 def build_adapted(
@@ -85,7 +81,7 @@ def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings
         samples = slice_samples(annotations, model.net.img_size)
         return SliceFeeder(model, samples, settings.val_fraction, settings.augment, settings.seed)
     multiple = model.multiple
-    samples = [volume_sample(a, _spacing(model.base_id), multiple) for a in annotations]
+    samples = [volume_sample(a, grid_mm(model.base_id), multiple) for a in annotations]
     sparse = [a for a in annotations if a.slices is not None]  # the axis matters only here
     axis = sparse[0].axis if sparse else annotations[0].axis
     if any(a.axis != axis for a in sparse):

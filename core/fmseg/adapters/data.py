@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..registry import get_spec
 from ..transforms import SliceFrame, intensity_window, prepare_slice
 from ..validation import check_volume
 from .sliding import pad_to_multiple
@@ -151,6 +152,11 @@ class VolumeSample:
 def model_grid(shape: Sequence[int], spacing: Sequence[float], target: float) -> tuple[int, ...]:
     """Shape of a volume resampled from ``spacing`` to isotropic ``target`` mm."""
     return tuple(max(1, round(n * s / target)) for n, s in zip(shape, spacing, strict=False))
+
+
+def grid_mm(base: str) -> float:
+    """Isotropic voxel size (mm) a registered 3D base expects (its ``extra["spacing_mm"]``)."""
+    return float(get_spec(base).extra.get("spacing_mm", 1.0))
 
 
 def to_model_grid(image: np.ndarray, spacing, target: float) -> torch.Tensor:

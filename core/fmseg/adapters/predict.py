@@ -15,7 +15,7 @@ from ..registry import get_spec
 from ..transforms import SliceFrame, intensity_window, prepare_slice
 from ..validation import check_volume
 from .bases import AdaptedModel, SamAdapted, decode_by_patches
-from .data import to_model_grid
+from .data import grid_mm, to_model_grid
 from .sliding import pad_to_multiple, sliding_window_iter
 
 
@@ -90,16 +90,16 @@ def predict_volume_iter(
     model: AdaptedModel,
     volume: np.ndarray,
     spacing: tuple[float, float, float],
-    grid_mm: float,
+    grid: float | None = None,
     patch: tuple[int, int, int] | None = None,
 ) -> Work[np.ndarray]:
-    """Probabilities of a 3D adapted model on a whole volume (on its ``grid_mm`` grid).
+    """Probabilities of a 3D adapted model on a whole volume (on its base's grid).
 
     Args:
         model: Adapted 3D model.
         volume: ``(D0, D1, D2)`` image.
         spacing: Voxel size per axis (mm).
-        grid_mm: Isotropic spacing the base network expects.
+        grid: Isotropic spacing (mm) to run the network at; None: the one its base expects.
         patch: Sliding-window size (Gaussian blending, 25 % overlap) for black-box adapters;
             None uses the base's ``patch_size`` if it has one (MONAI backbones), else one
             whole-volume pass (HD-BET was built for whole volumes). Adapters that trained the
@@ -112,7 +112,7 @@ def predict_volume_iter(
     if volume.ndim != 3:
         raise ValueError(f"3D adapters need a 3D volume, got shape {volume.shape}")
     yield Progress(0, 1, "resampling")
-    x = to_model_grid(volume, spacing, grid_mm).to(model.device)
+    x = to_model_grid(volume, spacing, grid or grid_mm(model.base_id)).to(model.device)
     shape = x.shape[2:]
     patch = patch or getattr(model.net, "patch_size", None)
     trained = model.config.patch if not model.frozen_net else None

@@ -293,8 +293,7 @@ class AdapterLogic:
         yield Progress(0, 1, f"loading {adapter.base} + adapter")
         model = api.load_adapter(adapter.path, adapter.base, tiny=self.tiny, device=self.device)
         if adapter.dims == 3:
-            grid = float(get_spec(adapter.base).extra.get("spacing_mm", 1.0))
-            prob = yield from predict_volume_iter(model, volume.array, volume.spacing, grid)
+            prob = yield from predict_volume_iter(model, volume.array, volume.spacing)
         else:
             prob = yield from predict_slices_iter(model, volume.array, axis, spacing=volume.spacing)
         return np.asarray(prob) > THRESHOLD
