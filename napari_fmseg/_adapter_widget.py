@@ -352,7 +352,7 @@ class AdapterWidget(mw.Container):
 
     def _on_loaded(self, model: AdaptedModel, path: str) -> None:
         self.adapter, self.history = model, []
-        self.metrics = dict(getattr(model, "metrics", {}) or {})
+        self.metrics = dict(model.metrics)
         self.plot.reset(1)
         self._show_adapter()
         self._say(f"Loaded the adapter from {path}.")

@@ -103,6 +103,9 @@ class AdaptedModel(nn.Module):
         self.config = config
         self.head_kind = config.resolved_head(self.dims)
         self.head: nn.Module | None = None
+        self.trainable: dict[str, int] = {}  # parameters per method (set by apply_methods)
+        self.fingerprint = ""  # SHA-256 of the base weights (set by build_adapted)
+        self.metrics: dict = {}  # training metrics of a loaded adapter file
 
     def prefixes(self, where: str) -> tuple[str, ...]:
         """Module-name prefixes (inside :attr:`net`) of ``"encoder"``, ``"decoder"``, ``"both"``."""
