@@ -249,3 +249,11 @@ def test_resize_of_masks_is_soft():
     m[0, :2, :2] = 1
     r = resize(m, (2, 2), mask=True)
     assert torch.allclose(r, F.avg_pool2d(m[None], 2)[0])
+
+
+def test_query_slices_outside_the_volume_are_refused():
+    vol, lab = _ball_volume()
+    s = SupportSet()
+    add_slice(s, vol, lab, 0, 8)
+    with pytest.raises(ValueError, match="slice 20 is outside 0..15"):
+        drain(segment_volume_iter(build_backend("nearest"), s, vol, 0, slices=[3, 20]))

@@ -99,3 +99,18 @@ def test_meanconv_split_equals_concatenation():
     mean, _ = block.cross(target.mean(dim=1, keepdim=True), support)
     naive = block.meanconv(torch.cat([target, mean.expand(-1, 5, -1, -1, -1)], dim=2))
     assert torch.allclose(block._meanconv(target, mean), naive, atol=1e-5)
+    full, _ = block(target, support)
+    assert torch.allclose(block.target_only(target, support), full, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 8, 8), (1, 2, 3, 7, 9)])
+def test_fast_max_pool_and_group_mean_equal_torch(shape):
+    from torch.nn import functional as F
+
+    from fmseg.models.universeg import group_mean, max_pool2
+
+    x = torch.randn(*shape)
+    ref = F.max_pool2d(x.flatten(0, 1), 2).unflatten(0, shape[:2])
+    assert torch.equal(max_pool2(x), ref)
+    cl = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+    assert torch.allclose(group_mean(cl), x.mean(1, keepdim=True), atol=1e-6)

@@ -88,6 +88,9 @@ def volume_queries(
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
     win = window if window is not None else volume_window(volume)
     idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
+    bad = [i for i in idx if not 0 <= i < volume.shape[axis]]
+    if bad:
+        raise ValueError(f"slice {bad[0]} is outside 0..{volume.shape[axis] - 1} along axis {axis}")
     moved = np.moveaxis(volume, axis, 0)
     src = source if source is not None else volume_source(volume)
     return moved, idx, normalise(moved[idx], win), [(src, axis, i) for i in idx]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .universeg import ConvAct, Grouped, cross_unet, grouped
+from .universeg import ConvAct, Grouped, cross_unet, group_mean, grouped
 
 
 class CrossOpAct(nn.Module):
@@ -32,7 +32,7 @@ class CrossOpAct(nn.Module):
         super().__init__()
         self.c_target = c_target
         self.cross_conv = nn.Conv2d(c_target + c_support, c_out, 3, padding=1)
-        self.nonlin = nn.LeakyReLU()
+        self.nonlin = nn.LeakyReLU(inplace=True)
         nn.init.kaiming_normal_(self.cross_conv.weight, nonlinearity="leaky_relu")
         nn.init.zeros_(self.cross_conv.bias)
 
@@ -43,7 +43,7 @@ class CrossOpAct(nn.Module):
         t = grouped(lambda x: F.conv2d(x, wt, b, padding=1), mean)
         s = grouped(lambda x: F.conv2d(x, ws, None, padding=1), support)
         inter = self.nonlin(t + s)  # linear up to here: one conv per side, pairs by broadcast
-        return inter.mean(dim=1, keepdim=True), inter
+        return group_mean(inter), inter
 
 
 class SetBlock(nn.Module):
@@ -58,8 +58,13 @@ class SetBlock(nn.Module):
 
     def forward(self, target: torch.Tensor, support: torch.Tensor):
         """``(B, K, Ct, H, W), (B, S, Cs, H, W) -> (B, K, C, H, W), (B, S, C, H, W)``."""
-        mean, support = self.cross(target.mean(dim=1, keepdim=True), support)
+        mean, support = self.cross(group_mean(target), support)
         return self.target(self._meanconv(target, mean)), self.support(support)
+
+    def target_only(self, target: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        """Only the new candidates (the last block's support output is never used)."""
+        mean, _ = self.cross(group_mean(target), support)
+        return self.target(self._meanconv(target, mean))
 
     def _meanconv(self, target: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         """``meanconv(cat([target_k, mean]))`` for every candidate ``k``, the mean part once.
@@ -117,7 +122,8 @@ class TycheTS(nn.Module):
         k = noise.shape[1]
         target = torch.cat([target_image[:, None].expand(-1, k, -1, -1, -1), noise], dim=2)
         support = torch.cat([support_images, support_labels], dim=2)
-        target = cross_unet(self.enc_blocks, self.dec_blocks, target, support)
+        last = self.dec_blocks[-1].target_only
+        target = cross_unet(self.enc_blocks, self.dec_blocks, target, support, last)
         return grouped(self.out_conv, target)[:, :, 0]
 
 
