@@ -215,6 +215,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=(0.25, 0.35, 0.4),
         help="probabilities of box, clicks, box+clicks steps",
     )
+    p.add_argument(
+        "--one-click",
+        type=float,
+        default=0.0,
+        help="extra probability of 1-click steps in clicks mode",
+    )
     p.add_argument("--mask-prob", type=float, default=0.5, help="feed back previous logits")
     p.add_argument("--init", type=Path, default=None, help="start from this overlay")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
@@ -227,6 +233,8 @@ def train_step(model, opt, feats_all, groups, args, rng) -> dict:
     """One optimisation step; returns its mode, loss and mean Dice."""
     mode = MODES[rng.choice(3, p=np.array(args.mode_probs) / sum(args.mode_probs))]
     k = 0 if mode == "box" else int(rng.integers(1, 4 if mode == "clicks" else 6))
+    if mode == "clicks" and rng.random() < args.one_click:
+        k = 1
     targets = sample_batch(groups, args.batch, rng, {"liver": 0.25, "tumour": 0.25, "aal": 0.5})
     feats = feats_all[[t.slice_id for t in targets]].float()
     gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32))
