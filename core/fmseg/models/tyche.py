@@ -42,7 +42,7 @@ class CrossOpAct(nn.Module):
         wt, ws = w[:, : self.c_target], w[:, self.c_target :]
         t = grouped(lambda x: F.conv2d(x, wt, b, padding=1), mean)
         s = grouped(lambda x: F.conv2d(x, ws, None, padding=1), support)
-        inter = self.nonlin(t + s)  # linear up to here: one conv per side, pairs by broadcast
+        inter = self.nonlin(s + t)  # linear up to here: one conv per side, pairs by broadcast
         return group_mean(inter), inter
 
 

@@ -107,7 +107,7 @@ class CrossOp(nn.Module):
         ``mean_S(t + s) = t + mean_S(s)`` and ``mean_K(t + s) = mean_K(t) + s``.
         """
         t, s = self._sides(target, support)
-        return t + group_mean(s), group_mean(t) + s
+        return t + group_mean(s), s + group_mean(t)  # full-size operand first: keeps its layout
 
 
 class CrossBlock(nn.Module):
