@@ -168,3 +168,17 @@ def test_jittered_box_stays_in_model_frame():
     for _ in range(20):
         b = jittered_box(t, rng)
         assert b[0] < b[2] and b[1] < b[3] and b.min() >= 0 and b[2] <= 118 and b[3] <= 78
+
+
+def test_click_count_per_mode_and_single_click_emphasis():
+    from fmseg.training.train_points import click_count
+
+    rng = np.random.default_rng(0)
+    assert click_count("box", rng) == 0
+    plain = [click_count("clicks", rng) for _ in range(600)]
+    assert set(plain) == {1, 2, 3}
+    boxed = {click_count("box+clicks", rng) for _ in range(300)}
+    assert boxed == {1, 2, 3, 4, 5}
+    assert {click_count("clicks", rng, one_click=1.0) for _ in range(50)} == {1}
+    half = np.mean([click_count("clicks", rng, one_click=0.6) == 1 for _ in range(2000)])
+    assert 0.68 < half < 0.78  # 0.6 + 0.4 / 3

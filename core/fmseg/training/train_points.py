@@ -5,8 +5,9 @@ The image encoder stays frozen: training reads the embeddings cached by
 the whole batch, SAM-style:
 
 * ``box``: the ground-truth box with 0-5 px random jitter per side;
-* ``clicks``: 1-3 clicks, the first positive inside the object, the next ones corrective clicks
-  simulated on the model's own previous prediction;
+* ``clicks``: 1-3 clicks (``--one-click p``: exactly one with extra probability p), the first
+  positive inside the object, the next ones corrective clicks simulated on the model's own
+  previous prediction;
 * ``box+clicks``: a box and 1-5 corrective clicks, simulated one at a time on the model's
   prediction from the box and the clicks so far.
 
@@ -229,12 +230,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def click_count(mode: str, rng: np.random.Generator, one_click: float = 0.0) -> int:
+    """Clicks of one training step for a prompt ``mode``.
+
+    0 for ``box``; uniformly 1-3 for ``clicks`` (exactly 1 with the extra probability
+    ``one_click``); uniformly 1-5 for ``box+clicks``.
+    """
+    if mode == "box":
+        return 0
+    if mode == "clicks" and rng.random() < one_click:
+        return 1
+    return int(rng.integers(1, 4 if mode == "clicks" else 6))
+
+
 def train_step(model, opt, feats_all, groups, args, rng) -> dict:
     """One optimisation step; returns its mode, loss and mean Dice."""
     mode = MODES[rng.choice(3, p=np.array(args.mode_probs) / sum(args.mode_probs))]
-    k = 0 if mode == "box" else int(rng.integers(1, 4 if mode == "clicks" else 6))
-    if mode == "clicks" and rng.random() < args.one_click:
-        k = 1
+    k = click_count(mode, rng, args.one_click)
     targets = sample_batch(groups, args.batch, rng, {"liver": 0.25, "tumour": 0.25, "aal": 0.5})
     feats = feats_all[[t.slice_id for t in targets]].float()
     gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32))
