@@ -39,3 +39,11 @@ def check_label_value(label: int, dtype: np.dtype) -> int:
     if label < 1 or label > np.iinfo(dtype).max:
         raise ValueError(f"label value must be between 1 and {np.iinfo(dtype).max}, got {label}")
     return label
+
+
+def check_slices(indices, shape: tuple[int, ...], axis: int) -> None:
+    """Raise ``ValueError`` naming the first slice index outside ``0..shape[axis] - 1``."""
+    n = shape[axis]
+    for i in indices:
+        if not 0 <= i < n:
+            raise ValueError(f"slice {i} is outside 0..{n - 1} along axis {axis}")

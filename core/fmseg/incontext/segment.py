@@ -8,7 +8,7 @@ import numpy as np
 
 from ..cache import array_digest
 from ..progress import Progress, Work
-from ..validation import check_volume
+from ..validation import check_slices, check_volume
 from .backends import Backend, Position, Supports
 from .support import SupportSet, normalise
 
@@ -59,8 +59,7 @@ def add_slice(
         raise ValueError(f"expected a 3D image volume, got shape {volume.shape}")
     if volume.shape != labels.shape:
         raise ValueError(f"image {volume.shape} and labels {labels.shape} differ in shape")
-    if not 0 <= index < volume.shape[axis]:
-        raise ValueError(f"slice {index} is outside 0..{volume.shape[axis] - 1} along axis {axis}")
+    check_slices([index], volume.shape, axis)
     img, lab = np.take(volume, index, axis), np.take(labels, index, axis)
     if label is not None:
         if not np.any(lab == label):
@@ -88,9 +87,7 @@ def volume_queries(
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
     win = window if window is not None else volume_window(volume)
     idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
-    bad = [i for i in idx if not 0 <= i < volume.shape[axis]]
-    if bad:
-        raise ValueError(f"slice {bad[0]} is outside 0..{volume.shape[axis] - 1} along axis {axis}")
+    check_slices(idx, volume.shape, axis)
     moved = np.moveaxis(volume, axis, 0)
     src = source if source is not None else volume_source(volume)
     return moved, idx, normalise(moved[idx], win), [(src, axis, i) for i in idx]
