@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from nibabel.affines import apply_affine as nib_apply_affine
+from scipy.spatial.transform import Rotation
 
 from fmseg import coords
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    """``Rz(az) @ Ry(ay) @ Rx(ax)``: extrinsic x, y, z rotations in radians."""
+    return Rotation.from_euler("xyz", [ax, ay, az]).as_matrix()
 
 
 SPACING = (0.7, 1.3, 2.5)  # i, j, k

@@ -9,17 +9,15 @@ slicer = pytest.importorskip("slicer", reason="needs slicer-core (bash .ci/insta
 if not hasattr(slicer, "vtkMRMLScene"):  # the unrelated PyPI package also called "slicer"
     pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
 
+from scipy.spatial.transform import Rotation  # noqa: E402
 from vtk import vtkMatrix4x4  # noqa: E402  (slicer-core brings VTK)
 
 from fmseg import coords  # noqa: E402
 
 
 def rotation(ax: float, ay: float, az: float) -> np.ndarray:
-    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    """``Rz(az) @ Ry(ay) @ Rx(ax)``: extrinsic x, y, z rotations in radians."""
+    return Rotation.from_euler("xyz", [ax, ay, az]).as_matrix()
 
 
 #: An oblique, anisotropic IJKToRAS: spacing (i, j, k) = (0.8, 0.6, 2.5) mm.
