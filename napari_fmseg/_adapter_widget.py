@@ -22,7 +22,7 @@ from magicgui import widgets as mw
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractItemView, QAbstractSpinBox, QFileDialog, QListWidget
+from qtpy.QtWidgets import QAbstractItemView, QAbstractSpinBox, QListWidget
 
 from fmseg.adapters import api
 from fmseg.adapters.bases import AdapterConfig, SamAdapted
@@ -33,6 +33,7 @@ from fmseg.registry import REGISTRY, get_spec
 
 from . import _layers as L
 from ._adapter_plot import Pair, TrainingPlot, apply_work, boxes_from_shapes, describe_adapter
+from ._dialogs import ask_path
 from ._incontext_widget import AXES, InContextWidget, Region
 from ._worker import call_work, run_work
 
@@ -359,14 +360,12 @@ class AdapterWidget(mw.Container):
 
     def save_dialog(self) -> None:
         """Ask for a file name, then :meth:`save_adapter`."""
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save adapter", "", "*.pt")
-        if path:
+        if path := ask_path(self.native, "Save adapter", "*.pt", save=True):
             self.save_adapter(path)
 
     def load_dialog(self) -> None:
         """Ask for an adapter file, then :meth:`load_adapter`."""
-        path, _ = QFileDialog.getOpenFileName(self.native, "Load adapter", "", "*.pt")
-        if path:
+        if path := ask_path(self.native, "Load adapter", "*.pt"):
             self.load_adapter(path)
 
     # --- applying ----------------------------------------------------------------------------

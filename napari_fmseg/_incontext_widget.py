@@ -20,13 +20,14 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QSize
 from qtpy.QtGui import QIcon, QImage, QPixmap
-from qtpy.QtWidgets import QAbstractItemView, QFileDialog, QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
 
 from fmseg.incontext import BACKENDS, SupportSet, add_slice, build_backend, segment_volume_iter
 from fmseg.progress import Progress, Work
 from fmseg.weights import WeightsError
 
 from . import _layers as L
+from ._dialogs import ask_path
 from ._worker import run_work
 
 if TYPE_CHECKING:
@@ -302,14 +303,12 @@ class InContextWidget(mw.Container):
 
     def save_dialog(self) -> None:
         """Ask for a file name, then :meth:`save_support`."""
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save support set", "", "*.npz")
-        if path:
+        if path := ask_path(self.native, "Save support set", "*.npz", save=True):
             self.save_support(path)
 
     def load_dialog(self) -> None:
         """Ask for a support-set file, then :meth:`load_support`."""
-        path, _ = QFileDialog.getOpenFileName(self.native, "Load support set", "", "*.npz")
-        if path:
+        if path := ask_path(self.native, "Load support set", "*.npz"):
             self.load_support(path)
 
     def segment_slice(self) -> None:

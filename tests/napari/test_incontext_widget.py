@@ -247,3 +247,24 @@ def test_errors_before_running(make_napari_viewer, qtbot, errors) -> None:
     widget.undo()
     assert errors[-1] == "nothing to undo"
     assert not widget.busy
+
+
+def test_save_and_load_dialogs(make_napari_viewer, tmp_path, monkeypatch) -> None:
+    from qtpy.QtWidgets import QFileDialog
+
+    viewer, widget = _make(make_napari_viewer)
+    _add(viewer, widget, 3, 9)
+    answer = {"save": "", "open": ""}
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a: (answer["save"], "*.npz"))
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a: (answer["open"], "*.npz"))
+    widget.save_dialog()  # cancelled: nothing written
+    assert not list(tmp_path.iterdir())
+    answer["save"] = str(tmp_path / "set")
+    widget.save_dialog()
+    assert (tmp_path / "set.npz").is_file()
+    widget.clear()
+    widget.load_dialog()  # cancelled: still empty
+    assert len(widget.support) == 0
+    answer["open"] = str(tmp_path / "set.npz")
+    widget.load_dialog()
+    assert len(widget.support) == 2
