@@ -22,7 +22,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from screenshot_incontext import wait_until  # benchmarks/ is on sys.path
+from screenshot_incontext import show_and_save, wait_until  # benchmarks/ is on sys.path
 
 from fmseg.io import load_volume
 from napari_fmseg._adapter_widget import OUTPUT_LAYER
@@ -90,11 +90,7 @@ def main() -> None:
     dice = 2 * (got & want).sum() / max(got.sum() + want.sum(), 1)
     status = widget.status.value
     annotations.visible = False  # the annotated slices are not the one shown
-    viewer.reset_view()
-    viewer.dims.set_current_step(0, args.show)
-    viewer.layers.selection.active = viewer.layers[OUTPUT_LAYER]
-    wait_until(lambda: True)
-    viewer.screenshot(str(args.out), canvas_only=False)
+    show_and_save(viewer, args.out, 0, args.show, OUTPUT_LAYER)
     print(
         json.dumps(
             {

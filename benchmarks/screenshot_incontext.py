@@ -42,6 +42,15 @@ def wait_until(condition: Callable[[], bool], timeout: float = 600.0) -> float:
     return time.monotonic() - start
 
 
+def show_and_save(viewer: napari.Viewer, path: Path, axis: int, index: int, active: str) -> None:
+    """Reset the view to slice ``index`` along dims ``axis``, select layer ``active``, save."""
+    viewer.reset_view()
+    viewer.dims.set_current_step(axis, index)
+    viewer.layers.selection.active = viewer.layers[active]
+    wait_until(lambda: True)
+    viewer.screenshot(str(path), canvas_only=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot_incontext.png")
@@ -75,11 +84,7 @@ def main() -> None:
     got, liver = np.asarray(viewer.layers[OUTPUT_LAYER].data) > 0, truth == 1
     dice = 2 * (got & liver).sum() / (got.sum() + liver.sum())
     annotations.visible = False  # show the result; the supports are in the thumbnails
-    viewer.reset_view()
-    viewer.dims.set_current_step(0, args.show)
-    viewer.layers.selection.active = viewer.layers[OUTPUT_LAYER]
-    wait_until(lambda: True)
-    viewer.screenshot(str(args.out), canvas_only=False)
+    show_and_save(viewer, args.out, 0, args.show, OUTPUT_LAYER)
     print(
         json.dumps(
             {

@@ -16,14 +16,15 @@ feels it (with the background embedding of the other slices still running).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import napari
 import numpy as np
 from scipy import ndimage
+from screenshot_incontext import wait_until as shared_wait_until  # benchmarks/ is on sys.path
 
 from fmseg.io import load_volume
 from napari_fmseg._io import SAMPLE_DIR
@@ -31,16 +32,7 @@ from napari_fmseg._io import SAMPLE_DIR
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 900.0) -> float:
-    """Run the Qt event loop until ``condition()``; returns the seconds waited."""
-    app, start = napari.qt.get_qapp(), time.monotonic()
-    while not condition():
-        app.processEvents()
-        time.sleep(0.02)
-        if time.monotonic() - start > timeout:
-            raise TimeoutError("the widget did not finish in time")
-    app.processEvents()
-    return time.monotonic() - start
+wait_until = functools.partial(shared_wait_until, timeout=900.0)  # whole-volume embedding
 
 
 def bbox(mask: np.ndarray, margin: int = 2) -> tuple[int, int, int, int]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from scipy import ndimage
-from screenshot_incontext import wait_until  # benchmarks/ is on sys.path
+from screenshot_incontext import show_and_save, wait_until  # benchmarks/ is on sys.path
 
 from fmseg.io import load_volume
 from napari_fmseg._io import SAMPLE_DIR
@@ -83,11 +83,7 @@ def main() -> None:
     dice = 2 * (got & liver).sum() / (got.sum() + liver.sum())
     annotations.visible = False  # the supports are in the thumbnails
     image.opacity = 0.6  # dimmer CT: bright vessels would read as high entropy
-    viewer.reset_view()
-    viewer.dims.set_current_step(1, args.show)  # axis 0 is the K slider of the samples
-    viewer.layers.selection.active = viewer.layers[ENTROPY]
-    wait_until(lambda: True)
-    viewer.screenshot(str(args.out), canvas_only=False)
+    show_and_save(viewer, args.out, 1, args.show, ENTROPY)  # dims axis 0 is the K slider
     print(
         json.dumps(
             {
