@@ -42,6 +42,32 @@ def wait_until(condition: Callable[[], bool], timeout: float = 600.0) -> float:
     return time.monotonic() - start
 
 
+def liver_supports(widget_name: str, slices: list[int]):
+    """Open the sample CT with a docked fmseg widget whose support set holds liver slices.
+
+    The CT's labels become the "annotations" layer; axial ``slices`` of the liver (label 1) are
+    added to the support set of the widget ``widget_name``.
+
+    Returns:
+        ``(viewer, widget, truth)``, ``truth`` the ``(z, y, x)`` label volume.
+    """
+    truth = np.transpose(load_volume(SAMPLE_DIR / "sample_ct_labels.nii.gz").array)  # (z, y, x)
+    viewer = napari.Viewer(title="fmseg")
+    viewer.window.resize(1600, 1000)
+    viewer.open_sample("fmseg", "sample_ct")
+    image = viewer.layers["sample_ct"]
+    geometry = {"scale": image.scale, "translate": image.translate}
+    annotations = viewer.add_labels(truth.astype(np.int32), name="annotations", **geometry)
+    _, widget = viewer.window.add_plugin_dock_widget("fmseg", widget_name)
+    widget._labels.value = annotations
+    widget._label.value = 1  # the liver
+    for z in slices:
+        viewer.dims.set_current_step(0, z)
+        if not widget.add_current_slice():
+            raise SystemExit(widget.status.value)
+    return viewer, widget, truth
+
+
 def show_and_save(viewer: napari.Viewer, path: Path, axis: int, index: int, active: str) -> None:
     """Reset the view to slice ``index`` along dims ``axis``, select layer ``active``, save."""
     viewer.reset_view()
@@ -59,21 +85,8 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=25, help="axial slice shown (napari index)")
     args = parser.parse_args()
 
-    truth = np.transpose(load_volume(SAMPLE_DIR / "sample_ct_labels.nii.gz").array)  # (z, y, x)
-    viewer = napari.Viewer(title="fmseg")
-    viewer.window.resize(1600, 1000)
-    viewer.open_sample("fmseg", "sample_ct")
-    image = viewer.layers["sample_ct"]
-    geometry = {"scale": image.scale, "translate": image.translate}
-    annotations = viewer.add_labels(truth.astype(np.int32), name="annotations", **geometry)
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "In-context")
-    widget._labels.value = annotations
-    widget._label.value = 1  # the liver
+    viewer, widget, truth = liver_supports("In-context", args.slices)
     widget._backend_name.value = args.backend
-    for z in args.slices:
-        viewer.dims.set_current_step(0, z)
-        if not widget.add_current_slice():
-            raise SystemExit(widget.status.value)
 
     t0 = time.monotonic()
     widget.segment()
@@ -83,7 +96,7 @@ def main() -> None:
         raise SystemExit(widget.status.value)
     got, liver = np.asarray(viewer.layers[OUTPUT_LAYER].data) > 0, truth == 1
     dice = 2 * (got & liver).sum() / (got.sum() + liver.sum())
-    annotations.visible = False  # show the result; the supports are in the thumbnails
+    viewer.layers["annotations"].visible = False  # the supports are in the thumbnails
     show_and_save(viewer, args.out, 0, args.show, OUTPUT_LAYER)
     print(
         json.dumps(

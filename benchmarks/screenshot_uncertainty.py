@@ -20,13 +20,14 @@ import json
 import time
 from pathlib import Path
 
-import napari
 import numpy as np
 from scipy import ndimage
-from screenshot_incontext import show_and_save, wait_until  # benchmarks/ is on sys.path
+from screenshot_incontext import (  # benchmarks/ is on sys.path
+    liver_supports,
+    show_and_save,
+    wait_until,
+)
 
-from fmseg.io import load_volume
-from napari_fmseg._io import SAMPLE_DIR
 from napari_fmseg._uncertainty_widget import ENTROPY, MEAN, SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,22 +56,10 @@ def main() -> None:
     parser.add_argument("--show", type=int, default=11, help="axial slice shown (napari index)")
     args = parser.parse_args()
 
-    truth = np.transpose(load_volume(SAMPLE_DIR / "sample_ct_labels.nii.gz").array)  # (z, y, x)
-    viewer = napari.Viewer(title="fmseg")
-    viewer.window.resize(1600, 1000)
-    viewer.open_sample("fmseg", "sample_ct")
+    viewer, widget, truth = liver_supports("Uncertainty", args.slices)
     image = viewer.layers["sample_ct"]
-    geometry = {"scale": image.scale, "translate": image.translate}
-    annotations = viewer.add_labels(truth.astype(np.int32), name="annotations", **geometry)
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "Uncertainty")
-    widget._labels.value = annotations
-    widget._label.value = 1  # the liver
     widget._sampler_name.value = args.sampler
     widget._k.value = args.k
-    for z in args.slices:
-        viewer.dims.set_current_step(0, z)
-        if not widget.add_current_slice():
-            raise SystemExit(widget.status.value)
 
     t0 = time.monotonic()
     widget.sample_volume()
@@ -81,7 +70,7 @@ def main() -> None:
     liver = truth == 1
     got = np.asarray(viewer.layers[MEAN].data) > 0.5
     dice = 2 * (got & liver).sum() / (got.sum() + liver.sum())
-    annotations.visible = False  # the supports are in the thumbnails
+    viewer.layers["annotations"].visible = False  # the supports are in the thumbnails
     image.opacity = 0.6  # dimmer CT: bright vessels would read as high entropy
     show_and_save(viewer, args.out, 1, args.show, ENTROPY)  # dims axis 0 is the K slider
     print(
