@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from ..models.tyche import TycheTS
 from ..models.universeg import UniverSeg
 from . import incontext_data as D
+from .warm_start import tyche_from_universeg
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "incontext_small.pt"
 
@@ -141,21 +142,37 @@ def validation_set(rng: np.random.Generator) -> list[tuple]:
 
 @torch.no_grad()
 def evaluate(model: UniverSeg, eps: list[tuple]) -> dict[str, float]:
-    """Mean hard Dice over the validation episodes, overall and for liver."""
+    """Mean hard Dice over the validation episodes, overall and for liver.
+
+    For Tyche: Dice of the mean of 4 candidates, and as ``best`` / ``best_liver`` the
+    best-candidate Dice of 8 candidates.
+    """
     model.eval()
-    scores = {"all": [], "liver": []}
+    scores: dict[str, list[float]] = {}
     for name, si, sm, qi, qm in eps:
         if isinstance(model, TycheTS):
-            noise = torch.randn(1, 4, 1, *qi.shape[-2:], generator=torch.Generator().manual_seed(0))
-            pred = (model(qi[None], si[None], sm[None], noise).mean(1, keepdim=True) > 0).float()
+            noise = torch.randn(1, 8, 1, *qi.shape[-2:], generator=torch.Generator().manual_seed(0))
+            logits = model(qi[None], si[None], sm[None], noise)[0]
+            pred = (logits[:4].mean(0, keepdim=True) > 0).float()
+            best = max(_dice(c[None] > 0, qm) for c in logits)
+            _add(scores, name, "best", best)
         else:
-            pred = (model(qi[None], si[None], sm[None]) > 0).float()
-        d = float(2 * (pred * qm).sum() / (pred.sum() + qm.sum()).clamp(min=1))
-        scores["all"].append(d)
-        if name.startswith("liver"):
-            scores["liver"].append(d)
+            pred = (model(qi[None], si[None], sm[None])[0] > 0).float()
+        _add(scores, name, "all", _dice(pred, qm))
     model.train()
     return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def _dice(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    pred = pred.float()
+    return float(2 * (pred * gt).sum() / (pred.sum() + gt.sum()).clamp(min=1))
+
+
+def _add(scores: dict, name: str, key: str, value: float) -> None:
+    """Record ``value`` under ``key`` and, for liver episodes, under the liver key too."""
+    scores.setdefault(key, []).append(value)
+    if name.startswith("liver"):
+        scores.setdefault("liver" if key == "all" else f"{key}_liver", []).append(value)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -167,6 +184,8 @@ def train(args: argparse.Namespace) -> None:
     groups = {"aal": 0.55, "lits": 0.25, "synthetic": 0.2}
     val = validation_set(np.random.default_rng(1234))
     model = (TycheTS if args.arch == "tyche" else UniverSeg)((args.width,) * 4)
+    if args.from_universeg is not None:
+        model = warm_tyche(args, tasks, groups)
     if args.init is not None:  # resume from a checkpoint written by save()
         model.load_state_dict(torch.load(args.init, weights_only=True)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -191,6 +210,8 @@ def train(args: argparse.Namespace) -> None:
         if elapsed - last_eval > args.eval_every:
             last_eval = elapsed
             rec["val"] = evaluate(model, val)
+            if args.keep_evals:
+                save(model, args, step, elapsed, rec["val"], f"_step{step}")
             if rec["val"]["all"] > best:
                 best = rec["val"]["all"]
                 save(model, args, step, elapsed, rec["val"])
@@ -207,13 +228,28 @@ def train(args: argparse.Namespace) -> None:
         save(model, args, step, rec["t"], rec["val"])
 
 
-def save(model: UniverSeg, args: argparse.Namespace, step: int, t: float, val: dict) -> None:
-    """Atomically write ``{"model": state_dict, "meta": {...}}``."""
+def warm_tyche(args: argparse.Namespace, tasks: dict, groups: dict) -> TycheTS:
+    """Tyche initialised from a trained UniverSeg checkpoint (``--from-universeg``)."""
+    if args.arch != "tyche":
+        raise SystemExit("--from-universeg needs --arch tyche")
+    universeg = UniverSeg((args.width,) * 4)
+    universeg.load_state_dict(torch.load(args.from_universeg, weights_only=True)["model"])
+    rng = np.random.default_rng(args.seed + 1000)
+    calibration = []
+    for _ in range(6):
+        si, sm, qi, _ = make_batch(tasks, groups, 8, rng)
+        calibration.append((qi, si, sm))
+    return tyche_from_universeg(universeg.eval(), calibration, args.candidate_scale)
+
+
+def save(model, args: argparse.Namespace, step: int, t: float, val: dict, tag: str = "") -> None:
+    """Atomically write ``{"model": state_dict, "meta": {...}}`` (``tag``: file-name suffix)."""
     meta = {"width": args.width, "step": step, "seconds": t, "val": val, "args": vars(args)}
     meta["args"] = {k: str(v) for k, v in meta["args"].items()}
-    tmp = args.out.with_suffix(".tmp")
+    out = args.out.with_name(args.out.stem + tag + args.out.suffix)
+    tmp = out.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "meta": meta}, tmp)
-    tmp.replace(args.out)
+    tmp.replace(out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -229,6 +265,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=float, default=300.0, help="seconds between validations")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint")
+    p.add_argument(
+        "--from-universeg", type=Path, default=None, help="Tyche: start from this UniverSeg"
+    )
+    p.add_argument("--candidate-scale", type=float, default=0.05, help="with --from-universeg")
+    p.add_argument("--keep-evals", action="store_true", help="also save every evaluated step")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--log", type=Path, default=Path("incontext_curve.jsonl"))
     return p.parse_args(argv)
