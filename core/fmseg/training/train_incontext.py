@@ -28,7 +28,6 @@ from torch.nn import functional as F
 from ..models.tyche import TycheTS
 from ..models.universeg import UniverSeg
 from . import incontext_data as D
-from .warm_start import tyche_from_universeg
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "incontext_small.pt"
 
@@ -184,8 +183,6 @@ def train(args: argparse.Namespace) -> None:
     groups = {"aal": 0.55, "lits": 0.25, "synthetic": 0.2}
     val = validation_set(np.random.default_rng(1234))
     model = (TycheTS if args.arch == "tyche" else UniverSeg)((args.width,) * 4)
-    if args.from_universeg is not None:
-        model = warm_tyche(args, tasks, groups)
     if args.init is not None:  # resume from a checkpoint written by save()
         model.load_state_dict(torch.load(args.init, weights_only=True)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -228,20 +225,6 @@ def train(args: argparse.Namespace) -> None:
         save(model, args, step, rec["t"], rec["val"])
 
 
-def warm_tyche(args: argparse.Namespace, tasks: dict, groups: dict) -> TycheTS:
-    """Tyche initialised from a trained UniverSeg checkpoint (``--from-universeg``)."""
-    if args.arch != "tyche":
-        raise SystemExit("--from-universeg needs --arch tyche")
-    universeg = UniverSeg((args.width,) * 4)
-    universeg.load_state_dict(torch.load(args.from_universeg, weights_only=True)["model"])
-    rng = np.random.default_rng(args.seed + 1000)
-    calibration = []
-    for _ in range(6):
-        si, sm, qi, _ = make_batch(tasks, groups, 8, rng)
-        calibration.append((qi, si, sm))
-    return tyche_from_universeg(universeg.eval(), calibration, args.candidate_scale)
-
-
 def save(model, args: argparse.Namespace, step: int, t: float, val: dict, tag: str = "") -> None:
     """Atomically write ``{"model": state_dict, "meta": {...}}`` (``tag``: file-name suffix)."""
     meta = {"width": args.width, "step": step, "seconds": t, "val": val, "args": vars(args)}
@@ -265,10 +248,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=float, default=300.0, help="seconds between validations")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint")
-    p.add_argument(
-        "--from-universeg", type=Path, default=None, help="Tyche: start from this UniverSeg"
-    )
-    p.add_argument("--candidate-scale", type=float, default=0.05, help="with --from-universeg")
     p.add_argument("--keep-evals", action="store_true", help="also save every evaluated step")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--log", type=Path, default=Path("incontext_curve.jsonl"))
