@@ -182,18 +182,3 @@ def test_click_count_per_mode_and_single_click_emphasis():
     assert {click_count("clicks", rng, one_click=1.0) for _ in range(50)} == {1}
     half = np.mean([click_count("clicks", rng, one_click=0.6) == 1 for _ in range(2000)])
     assert 0.68 < half < 0.78  # 0.6 + 0.4 / 3
-
-
-def test_multimask_loss_counts_only_the_best_mask_but_trains_every_iou():
-    from fmseg.training.train_points import mask_terms, multimask_loss
-
-    gt = torch.zeros(2, 1, 16, 16)
-    gt[:, :, 4:12, 4:12] = 1
-    good = (gt * 2 - 1) * 20  # confident and right
-    bad = -good  # confident and wrong
-    logits = torch.cat([bad, good, bad], 1)  # (2, 3, 16, 16): the 2nd mask is right
-    iou_pred = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
-    best_only, _, _ = mask_terms(good, gt)
-    torch.testing.assert_close(multimask_loss(logits, iou_pred, gt), best_only.mean())
-    wrong_iou = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    assert multimask_loss(logits, wrong_iou, gt) > best_only.mean() + 0.3

@@ -155,9 +155,13 @@ def simulate_prompts(model, feats, targets, mode, k, use_mask, rng):
     return points_tensor(clicks), boxes, mask_in
 
 
-def mask_terms(logits: torch.Tensor, gt: torch.Tensor):
-    """Per-sample BCE + soft Dice, hard IoU and hard Dice of ``(B, 1, S, S)`` logits."""
-    bce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none").flatten(1).mean(1)
+def loss_fn(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor):
+    """BCE + soft Dice on ``(B, 1, S, S)`` logits, + MSE of the ``(B, 1)`` IoU head.
+
+    Returns:
+        The scalar loss and the ``(B,)`` hard Dice.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, gt)
     p = torch.sigmoid(logits).flatten(1)
     g = gt.flatten(1)
     soft = 1 - (2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)
@@ -165,35 +169,7 @@ def mask_terms(logits: torch.Tensor, gt: torch.Tensor):
     inter = (hard * g).sum(1)
     iou = inter / ((hard + g).clamp(max=1).sum(1) + 1e-6)
     dice = 2 * inter / (hard.sum(1) + g.sum(1) + 1e-6)
-    return bce + soft, iou, dice
-
-
-def loss_fn(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor):
-    """BCE + soft Dice on ``(B, 1, S, S)`` logits, + MSE of the ``(B, 1)`` IoU head.
-
-    Returns:
-        The scalar loss and the ``(B,)`` hard Dice.
-    """
-    loss, iou, dice = mask_terms(logits, gt)
-    return loss.mean() + F.mse_loss(iou_pred[:, 0], iou), dice
-
-
-def multimask_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor):
-    """SAM's ambiguity loss: only the best of the ``M`` masks counts, the IoU head learns all.
-
-    Args:
-        logits: ``(B, M, S, S)`` ambiguity-mask logits.
-        iou_pred: ``(B, M)`` predicted IoU of each mask.
-        gt: ``(B, 1, S, S)`` target.
-
-    Returns:
-        The scalar loss.
-    """
-    b, m = logits.shape[:2]
-    flat = logits.reshape(b * m, 1, *logits.shape[2:])
-    loss, iou, _ = mask_terms(flat, gt.repeat_interleave(m, 0))
-    best = loss.view(b, m).min(1).values
-    return best.mean() + F.mse_loss(iou_pred, iou.view(b, m))
+    return bce + soft.mean() + F.mse_loss(iou_pred[:, 0], iou), dice
 
 
 def sample_batch(
@@ -246,9 +222,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="extra probability of 1-click steps in clicks mode",
     )
-    p.add_argument(
-        "--multimask", action="store_true", help="train the 3 ambiguity masks on 1-click steps"
-    )
     p.add_argument("--mask-prob", type=float, default=0.5, help="feed back previous logits")
     p.add_argument("--init", type=Path, default=None, help="start from this overlay")
     p.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
@@ -281,8 +254,6 @@ def train_step(model, opt, feats_all, groups, args, rng) -> dict:
     pts, boxes, mask_in = simulate_prompts(model, feats, targets, mode, k, use_mask, rng)
     logits, iou = model.decode(feats, pts, boxes, mask_in)
     loss, dice = loss_fn(logits, iou, gt)
-    if args.multimask and mode == "clicks" and k == 1:  # one click is ambiguous
-        loss = loss + multimask_loss(*model.decode(feats, pts, boxes, mask_in, multimask=True), gt)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
