@@ -42,7 +42,7 @@ class CrossOpAct(nn.Module):
         wt, ws = w[:, : self.c_target], w[:, self.c_target :]
         t = grouped(lambda x: F.conv2d(x, wt, b, padding=1), mean)
         s = grouped(lambda x: F.conv2d(x, ws, None, padding=1), support)
-        inter = self.nonlin(s + t)  # linear up to here: one conv per side, pairs by broadcast
+        inter = self.nonlin(s.add_(t))  # linear up to here: one conv per side, pairs by broadcast
         return group_mean(inter), inter
 
 
@@ -77,7 +77,7 @@ class SetBlock(nn.Module):
         pad = unit.conv.padding
         t = grouped(lambda x: F.conv2d(x, w[:, :ct], unit.conv.bias, padding=pad), target)
         m = grouped(lambda x: F.conv2d(x, w[:, ct:], None, padding=pad), mean)
-        return unit.nonlin(t + m)
+        return unit.nonlin(t.add_(m))  # in place: no new full-size tensor
 
 
 class TycheTS(nn.Module):

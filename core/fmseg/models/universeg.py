@@ -107,7 +107,8 @@ class CrossOp(nn.Module):
         ``mean_S(t + s) = t + mean_S(s)`` and ``mean_K(t + s) = mean_K(t) + s``.
         """
         t, s = self._sides(target, support)
-        return t + group_mean(s), s + group_mean(t)  # full-size operand first: keeps its layout
+        mean_s, mean_t = group_mean(s), group_mean(t)
+        return t.add_(mean_s), s.add_(mean_t)  # in place: no new full-size tensors
 
 
 class CrossBlock(nn.Module):
