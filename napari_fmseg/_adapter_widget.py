@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QAbstractSpinBox, QListWidget
 
@@ -35,6 +34,7 @@ from . import _layers as L
 from ._adapter_plot import Pair, TrainingPlot, apply_work, boxes_from_shapes, describe_adapter
 from ._dialogs import ask_path
 from ._incontext_widget import AXES, InContextWidget, Region
+from ._status import StatusContainer
 from ._worker import call_work, run_work
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ _ROWS = (
 )
 
 
-class AdapterWidget(mw.Container):
+class AdapterWidget(StatusContainer):
     """Train a few-shot adapter on annotated layers, save/load it, apply it to an image.
 
     Args:
@@ -185,14 +185,6 @@ class AdapterWidget(mw.Container):
     def busy(self) -> bool:
         """True while training, loading or applying runs (or, cancelled, ends its step)."""
         return self._job is not None
-
-    def _say(self, message: str) -> None:
-        self.status.value = message
-
-    def _error(self, message: str) -> bool:
-        self._say(f"Error: {message}")
-        show_error(message)
-        return False
 
     def _idle(self) -> bool:
         if self._job is not None:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
 from qtpy.QtCore import QSize
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
@@ -28,6 +27,7 @@ from fmseg.weights import WeightsError
 
 from . import _layers as L
 from ._dialogs import ask_path
+from ._status import StatusContainer
 from ._worker import run_work
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def _segment_work(
     return backend, result
 
 
-class InContextWidget(mw.Container):
+class InContextWidget(StatusContainer):
     """In-context segmentation of the chosen image from a support set of annotated slices.
 
     Args:
@@ -200,13 +200,6 @@ class InContextWidget(mw.Container):
     def busy(self) -> bool:
         """True while a segmentation runs (or, cancelled, finishes its current step)."""
         return self._job is not None
-
-    def _say(self, message: str) -> None:
-        self.status.value = message
-
-    def _error(self, message: str) -> None:
-        self._say(f"Error: {message}")
-        show_error(message)
 
     def _volume_image(self) -> Image | None:
         """The chosen image when it is a 3D layer, else None (after telling the user why)."""

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 from napari.layers import Image
-from napari.utils.notifications import show_error
 
 from fmseg.progress import Progress, Work
 from fmseg.prompts import Prompts
@@ -24,6 +23,7 @@ from fmseg.registry import REGISTRY
 from fmseg.session import Session
 
 from . import _layers as L
+from ._status import StatusContainer
 from ._worker import call_work, run_work
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def _embed_all(session: Session, order: list[int]) -> Work[int]:
     return done
 
 
-class SegmentWidget(mw.Container):
+class SegmentWidget(StatusContainer):
     """Interactive foundation-model segmentation of the chosen image layer.
 
     Args:
@@ -150,13 +150,6 @@ class SegmentWidget(mw.Container):
     def busy(self) -> bool:
         """True while any model work (foreground or background embedding) runs."""
         return self._job is not None or self._embedder is not None or bool(self._stopping)
-
-    def _say(self, message: str) -> None:
-        self.status.value = message
-
-    def _error(self, message: str) -> None:
-        self._say(f"Error: {message}")
-        show_error(message)
 
     def _launch(self, work: Work, name: str, slot: str = "_job", **callbacks: Any) -> None:
         """Run work in a worker held in ``slot`` ("_job": foreground, one at a time)."""
