@@ -14,7 +14,7 @@ import torch
 
 from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.predict import predict_slices_iter
-from napari_fmseg import _adapter_plot, _adapter_widget
+from napari_fmseg import _adapter_plot, _adapter_widget, _status
 from napari_fmseg._adapter_plot import annotated_slices
 from napari_fmseg._adapter_widget import OUTPUT_LAYER, AdapterWidget
 
@@ -36,7 +36,7 @@ def _cone() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
     shown: list[str] = []
-    monkeypatch.setattr(_adapter_widget, "show_error", shown.append)
+    monkeypatch.setattr(_status, "show_error", shown.append)
     return shown
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from fmseg.incontext import Backend, build_backend
 from fmseg.weights import WeightsError
-from napari_fmseg import _incontext_widget
+from napari_fmseg import _status
 from napari_fmseg._incontext_widget import OUTPUT_LAYER, InContextWidget, thumbnail
 
 pytestmark = pytest.mark.gui
@@ -49,7 +49,7 @@ class SlowBackend(Backend):
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
     shown: list[str] = []
-    monkeypatch.setattr(_incontext_widget, "show_error", shown.append)
+    monkeypatch.setattr(_status, "show_error", shown.append)
     return shown
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from fmseg.incontext import build_sampler
 from fmseg.weights import WeightsError
-from napari_fmseg import _incontext_widget
+from napari_fmseg import _status
 from napari_fmseg._uncertainty_widget import (
     ENTROPY,
     MEAN,
@@ -60,7 +60,7 @@ class SlowSampler:
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
     shown: list[str] = []
-    monkeypatch.setattr(_incontext_widget, "show_error", shown.append)  # the widget's base
+    monkeypatch.setattr(_status, "show_error", shown.append)  # the widgets' base
     return shown
 
 

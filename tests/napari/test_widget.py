@@ -19,7 +19,7 @@ from fmseg.predictor import Prediction
 from fmseg.progress import Progress
 from fmseg.prompts import Box
 from fmseg.session import Session
-from napari_fmseg import _widget
+from napari_fmseg import _status
 from napari_fmseg._widget import SHORTCUTS, SegmentWidget
 from napari_fmseg._worker import WorkError, call_work, run_work
 
@@ -71,7 +71,7 @@ class OracleFactory:
 @pytest.fixture
 def errors(monkeypatch) -> list[str]:
     shown: list[str] = []
-    monkeypatch.setattr(_widget, "show_error", shown.append)
+    monkeypatch.setattr(_status, "show_error", shown.append)
     return shown
 
 
