@@ -180,7 +180,7 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     tasks = {"aal": D.aal_tasks(), "lits": D.lits_tasks()}
-    groups = {"aal": 0.55, "lits": 0.25, "synthetic": 0.2}
+    groups = dict(zip(("aal", "lits", "synthetic"), args.shares, strict=True))
     val = validation_set(np.random.default_rng(1234))
     model = (TycheTS if args.arch == "tyche" else UniverSeg)((args.width,) * 4)
     if args.init is not None:  # resume from a checkpoint written by save()
@@ -243,6 +243,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", choices=("universeg", "tyche"), default="universeg")
     p.add_argument("--k", type=int, default=4, help="Tyche candidates per query in training")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument(
+        "--shares",
+        type=float,
+        nargs=3,
+        default=(0.55, 0.25, 0.2),
+        help="episode shares of AAL, LiTS and synthetic tasks",
+    )
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
