@@ -243,13 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arch", choices=("universeg", "tyche"), default="universeg")
     p.add_argument("--k", type=int, default=4, help="Tyche candidates per query in training")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument(
-        "--shares",
-        type=float,
-        nargs=3,
-        default=(0.55, 0.25, 0.2),
-        help="episode shares of AAL, LiTS and synthetic tasks",
-    )
+    shares = (0.55, 0.25, 0.2)
+    p.add_argument("--shares", type=float, nargs=3, default=shares, help="AAL/LiTS/synthetic")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
