@@ -3,7 +3,11 @@
 Targets never used for training ``incontext-small`` (see ``fmseg/weights/incontext_small.md``):
 
 * ``liver``: LiTS-117 liver along array axis 0 (axial), evaluation half (index >= 64);
-* ``aal``: the 10 held-out AAL structures on Colin27 along array axis 2 (axial).
+* ``aal``: the 10 held-out AAL structures on Colin27 along array axis 2 (axial);
+* ``heldout-subjects`` / ``heldout-structures``: the training corpus's held-out split
+  (:mod:`fmseg.training.heldout`: new subjects; structure kinds no training run has seen),
+  scored on every 3rd candidate query slice. Needs the corpus
+  (``python -m fmseg.training.corpus build``).
 
 Protocols (support slices are never evaluated):
 
@@ -41,6 +45,13 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HELD_OUT_AAL = (6, 19, 30, 43, 54, 67, 78, 91, 102, 115)
 SIZES = (1, 2, 4, 8, 16)
 GROUPS = ("liver", "aal")
+CORPUS_GROUPS = ("heldout-subjects", "heldout-structures")
+TITLES = {
+    "liver": "LiTS-117 liver",
+    "aal": "10 held-out AAL structures",
+    "heldout-subjects": "corpus: held-out subjects",
+    "heldout-structures": "corpus: held-out structures",
+}
 
 
 def load_targets(data: Path) -> list[dict]:
@@ -67,6 +78,19 @@ def load_targets(data: Path) -> list[dict]:
             )
         )
     return out
+
+
+def corpus_targets(groups: list[str]) -> list[dict]:
+    """Targets of the corpus's held-out split (query step 3), or none without a corpus."""
+    from fmseg.training.corpus import load_corpus
+    from fmseg.training.heldout import heldout_targets
+
+    try:
+        records = load_corpus(build_missing=False)
+    except FileNotFoundError as err:
+        print(f"skipping {', '.join(groups)}: {err}", flush=True)
+        return []
+    return [dict(t, step=3) for t in heldout_targets(records, groups)]
 
 
 def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str, step: int = 2):
@@ -115,7 +139,8 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 def run_one(backend, target: dict, n: int, protocol: str, shuffled: bool = False) -> float:
     """Dice of one backend on one target structure."""
-    sup, qry = protocol_slices(target["labels"], target["axis"], n, protocol)
+    step = target.get("step", 2)
+    sup, qry = protocol_slices(target["labels"], target["axis"], n, protocol, step)
     support = make_support(target, sup, shuffled)
     work = segment_volume_iter(
         backend, support, target["image"], target["axis"], target["window"], slices=qry
@@ -126,10 +151,21 @@ def run_one(backend, target: dict, n: int, protocol: str, shuffled: bool = False
     return dice(pred, np.take(target["labels"] > 0, qry, ax))
 
 
-def group_dice(backend, targets, group, n, protocol, shuffled=False) -> float:
-    """Mean Dice over the targets of one group."""
-    scores = [run_one(backend, t, n, protocol, shuffled) for t in targets if t["group"] == group]
+def group_dice(backend, targets, group, n, protocol, shuffled=False, per=None) -> float:
+    """Mean Dice over the targets of one group (``per``: dict collecting each target's)."""
+    scores = []
+    for t in (t for t in targets if t["group"] == group):
+        scores.append(run_one(backend, t, n, protocol, shuffled))
+        if per is not None:
+            per.setdefault(t["name"], []).append(round(scores[-1], 4))
     return round(float(np.mean(scores)), 4)
+
+
+def make_backend(name: str, checkpoints: dict[str, str]):
+    """A backend by registry name, or ``NAME`` of ``--checkpoint NAME=PATH`` (same network)."""
+    if name in checkpoints:
+        return build_backend("incontext-small", device="cpu", checkpoint=checkpoints[name])
+    return build_backend(name, device="cpu")
 
 
 def speed(backend, target: dict, repeats: int = 3) -> dict:
@@ -155,6 +191,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--protocols", default="interleaved,split")
     p.add_argument("--speed", default="incontext-small,nearest,interpolation,intensity")
+    p.add_argument("--groups", default=",".join(GROUPS), help=f"of {GROUPS + CORPUS_GROUPS}")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an incontext-small-architecture checkpoint benchmarked as NAME",
+    )
     p.add_argument("--out", type=Path)
     p.add_argument("--plot", type=Path, help="write a PNG of Dice vs support size")
     p.add_argument("--replot", type=Path, help="only plot this earlier JSON result")
@@ -163,28 +207,43 @@ def main(argv: list[str] | None = None) -> dict:
         result = json.loads(args.replot.read_text())
         plot(result, args.plot)
         return result
-    targets = load_targets(DATA)
+    groups = args.groups.split(",")
+    checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
+    targets = load_targets(DATA) if set(groups) & set(GROUPS) else []
+    targets += corpus_targets([g for g in groups if g in CORPUS_GROUPS])
+    groups = [g for g in groups if any(t["group"] == g for t in targets)]
     sizes = [int(s) for s in args.sizes.split(",")]
-    result: dict = {"sizes": sizes, "dice": {}, "shuffled": {}, "speed": {}, "skipped": {}}
+    result: dict = {
+        "sizes": sizes,
+        "groups": groups,
+        "dice": {},
+        "per_target": {},
+        "shuffled": {},
+        "speed": {},
+        "skipped": {},
+        "checkpoints": checkpoints,
+    }
     for name in args.backends.split(","):
         try:
-            backend = build_backend(name, device="cpu")
+            backend = make_backend(name, checkpoints)
         except (WeightsError, ValueError) as err:
             result["skipped"][name] = str(err)
             continue
         for protocol in args.protocols.split(","):
             t0 = time.perf_counter()
+            per = result["per_target"].setdefault(name, {}).setdefault(protocol, {})
             rows = {
-                g: [group_dice(backend, targets, g, n, protocol) for n in sizes] for g in GROUPS
+                g: [group_dice(backend, targets, g, n, protocol, per=per) for n in sizes]
+                for g in groups
             }
             result["dice"].setdefault(name, {})[protocol] = rows
             print(f"{name} {protocol}: {rows} ({time.perf_counter() - t0:.0f} s)", flush=True)
         if name in args.shuffled.split(","):
             n = args.shuffled_size
-            rows = {g: group_dice(backend, targets, g, n, "interleaved", True) for g in GROUPS}
+            rows = {g: group_dice(backend, targets, g, n, "interleaved", True) for g in groups}
             result["shuffled"][name] = {"size": n, "protocol": "interleaved", **rows}
             print(f"{name} shuffled supports, n={n}: {rows}", flush=True)
-        if name in args.speed.split(","):
+        if name in args.speed.split(",") and targets[0]["name"] == "liver":
             result["speed"][name] = speed(backend, targets[0])
     text = json.dumps(result, indent=1)
     print(text)
@@ -203,20 +262,22 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     protocols = sorted({p for v in result["dice"].values() for p in v})
-    fig, axes = plt.subplots(2, len(protocols), figsize=(5 * len(protocols), 7.5), squeeze=False)
+    groups = result.get("groups", list(GROUPS))
+    fig, axes = plt.subplots(
+        len(groups), len(protocols), figsize=(5 * len(protocols), 3.75 * len(groups)), squeeze=False
+    )
     for col, protocol in enumerate(protocols):
-        for row, group in enumerate(("liver", "aal")):
+        for row, group in enumerate(groups):
             ax = axes[row][col]
             for name, per in result["dice"].items():
-                if protocol in per:
+                if group in per.get(protocol, {}):
                     ax.plot(result["sizes"], per[protocol][group], marker="o", label=name)
             for name, sh in result.get("shuffled", {}).items():
-                if protocol == sh["protocol"]:
+                if protocol == sh["protocol"] and group in sh:
                     ax.plot(
                         [sh["size"]], [sh[group]], "x", ms=9, label=f"{name}, shuffled supports"
                     )
-            title = "LiTS-117 liver" if group == "liver" else "10 held-out AAL structures"
-            ax.set_title(f"{title}, {protocol}")
+            ax.set_title(f"{TITLES[group]}, {protocol}")
             ax.set_xscale("log", base=2)
             ax.set_xticks(result["sizes"], [str(n) for n in result["sizes"]])
             ax.set_ylim(0, 1)

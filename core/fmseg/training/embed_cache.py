@@ -12,15 +12,20 @@ Split (see :func:`training_keys` / :func:`evaluation_keys`):
   three axes); evaluation uses axial slices offset from the training ones and only the held-out
   structures as targets.
 
-Run ``python -m fmseg.training.embed_cache`` to fill the cache.
+Corpus slices (``--data corpus``, the default) come from the training split of the corpus
+(:mod:`fmseg.training.corpus_slices`): their entries also hold the record id, sampling group,
+pixel spacing and label names/excluded values, so that targets need no corpus at load time.
+
+Run ``python -m fmseg.training.embed_cache`` to fill the cache (``--data legacy`` for the
+LiTS-117 + Colin27/AAL slices above).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -172,16 +177,27 @@ def cache_path(key: SliceKey, root: Path = CACHE_DIR) -> Path:
     return Path(root) / f"{key.name}.pt"
 
 
-def _inputs(keys: list[SliceKey]) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Model inputs ``(B, 3, 256, 256)`` and label slices of ``keys``."""
-    xs, labels = [], []
-    for key in keys:
-        img, lab, window = load_dataset(key.dataset)
-        image = take(img, key)
-        frame = SliceFrame.for_slice(image.shape, (1.0, 1.0), MODEL_SIZE)
-        xs.append(prepare_slice(image, window, frame))
-        labels.append(take(lab, key).copy())
-    return torch.cat(xs), labels
+@dataclass(frozen=True)
+class SliceInput:
+    """What the encoder and the cache need of one slice.
+
+    Attributes:
+        x: ``(1, 3, S, S)`` model input in [0, 1].
+        label: ``(H, W)`` int16 labels.
+        meta: Extra entries stored with the embedding (e.g. ``spacing``; JSON-like values).
+    """
+
+    x: torch.Tensor
+    label: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def legacy_input(key: SliceKey, size: int = MODEL_SIZE) -> SliceInput:
+    """Model input and labels of a LiTS/Colin27 slice (square pixels, dataset window)."""
+    img, lab, window = load_dataset(key.dataset)
+    image = take(img, key)
+    frame = SliceFrame.for_slice(image.shape, (1.0, 1.0), size)
+    return SliceInput(prepare_slice(image, window, frame), take(lab, key).copy())
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -190,34 +206,37 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def ensure_cached(
-    keys: Iterable[SliceKey],
+    keys: Iterable,
     encoder: torch.nn.Module,
     batch: int = 4,
     root: Path = CACHE_DIR,
     log: bool = True,
+    inputs: Callable[..., SliceInput] = legacy_input,
 ) -> int:
     """Embed every key not yet in the cache; returns how many were computed.
 
     Args:
-        keys: Slices to cache.
-        encoder: The frozen image encoder ``(B, 3, 256, 256) -> (B, 256, 64, 64)``.
+        keys: Slices to cache (:class:`SliceKey` or anything with a ``name``).
+        encoder: The frozen image encoder ``(B, 3, S, S) -> (B, C, S/4, S/4)``; ``S`` is its
+            ``img_size`` (256 for LiteMedSAM).
         batch: Slices per encoder call.
         root: Cache folder.
         log: Print progress.
+        inputs: ``inputs(key, S) -> SliceInput`` (default: the LiTS/Colin27 slices).
     """
     todo = [k for k in keys if not cache_path(k, root).is_file()]
     Path(root).mkdir(parents=True, exist_ok=True)
+    size = int(getattr(encoder, "img_size", MODEL_SIZE))
     t0, done = time.perf_counter(), 0
     for chunk in _batches(todo, batch):
-        x, labels = _inputs(chunk)
+        items = [inputs(k, size) for k in chunk]
         with torch.inference_mode():
-            feats = encoder(x).half()
-        for key, f, lab in zip(chunk, feats, labels, strict=True):
+            feats = encoder(torch.cat([it.x for it in items])).half()
+        for key, f, it in zip(chunk, feats, items, strict=True):
+            entry = {"features": f.clone(), "label": torch.from_numpy(it.label)}
+            entry |= {"shape": tuple(it.label.shape), "size": size, **it.meta}
             tmp = cache_path(key, root).with_suffix(".tmp")
-            torch.save(
-                {"features": f.clone(), "label": torch.from_numpy(lab), "shape": tuple(lab.shape)},
-                tmp,
-            )
+            torch.save(entry, tmp)
             tmp.replace(cache_path(key, root))
         done += len(chunk)
         if log:
@@ -235,44 +254,90 @@ class CachedSlice:
         features: ``(1, 256, 64, 64)`` fp16 embedding.
         label: ``(H, W)`` int16 labels.
         frame: Geometry of the slice in the model input.
+        meta: The entry's extra metadata (corpus slices: record, group, names, ...).
     """
 
     key: SliceKey
     features: torch.Tensor
     label: np.ndarray
     frame: SliceFrame
+    meta: dict = field(default_factory=dict)
 
 
-def load_cached(key: SliceKey, root: Path = CACHE_DIR) -> CachedSlice:
+def load_cached(key, root: Path = CACHE_DIR) -> CachedSlice:
     """Read one cached slice (raises FileNotFoundError when it is not cached)."""
     d = torch.load(cache_path(key, root), map_location="cpu", weights_only=True)
-    label = d["label"].numpy()
-    frame = SliceFrame.for_slice(label.shape, (1.0, 1.0), MODEL_SIZE)
-    return CachedSlice(key, d["features"][None], label, frame)
+    label = d.pop("label").numpy()
+    features = d.pop("features")[None]
+    d.pop("shape", None)
+    # corpus entries store their pixel spacing: the frame must be the one they were embedded in
+    spacing = tuple(d.get("spacing", (1.0, 1.0)))
+    frame = SliceFrame.for_slice(label.shape, spacing, int(d.get("size", MODEL_SIZE)))
+    return CachedSlice(key, features, label, frame, d)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Fill the embedding cache for the training and evaluation splits."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    from .corpus_slices import SEED, STEP, SYNTH_PROB
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--split", choices=("train", "eval", "all"), default="all")
+    p.add_argument(
+        "--data",
+        choices=("corpus", "legacy"),
+        default="corpus",
+        help="corpus training split, or the LiTS-117 + Colin27/AAL slices",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "eval", "all"),
+        default="all",
+        help="legacy only: the corpus has training slices only",
+    )
+    p.add_argument("--step", type=int, default=STEP, help="corpus: every k-th labelled slice")
+    p.add_argument(
+        "--synth-prob",
+        type=float,
+        default=SYNTH_PROB,
+        help="corpus: share of real slices that also get a synthetic copy",
+    )
+    p.add_argument("--seed", type=int, default=SEED, help="corpus: seed of synthetic images")
+    p.add_argument("--corpus", type=Path, default=None, help="corpus folder (default cache)")
+    p.add_argument("--root", type=Path, default=CACHE_DIR, help="embedding cache folder")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dry-run", action="store_true", help="only count the slices")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return p.parse_args(argv)
+
+
+def _keys(args: argparse.Namespace) -> tuple[list, Callable[..., SliceInput]]:
+    """The slices to cache and how to make their inputs."""
+    if args.data == "corpus":
+        from .corpus_slices import count_by_group, from_corpus
+
+        keys, slices = from_corpus(args.corpus, args.step, args.synth_prob, args.seed)
+        print(f"corpus slices per group: {count_by_group(keys, slices)}", flush=True)
+        return keys, slices
     keys = []
     if args.split in ("eval", "all"):
         keys += evaluation_keys()
     if args.split in ("train", "all"):
         keys += training_keys()
-    todo = sum(not cache_path(k).is_file() for k in keys)
+    return keys, legacy_input
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fill the embedding cache (corpus training slices, or the legacy splits)."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    keys, inputs = _keys(args)
+    todo = sum(not cache_path(k, args.root).is_file() for k in keys)
     print(f"{len(keys)} slices, {todo} to embed", flush=True)
     if args.dry_run or not todo:
         return
     from ..registry import load_model
 
     model = load_model("litemedsam", device="cpu")
-    ensure_cached(keys, model.image_encoder, batch=args.batch)
+    ensure_cached(keys, model.image_encoder, batch=args.batch, root=args.root, inputs=inputs)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Never run in CI.
 
-Each step draws a batch of episodes (support size shared in the batch, 1-8), augments them
+Each step draws a batch of episodes (support size shared in the batch, 1-8) from the training
+corpus (:mod:`fmseg.training.episodes`; ``--data legacy``: the first training set), augments them
 (task-level flips/rotations/intensity inversion applied to the whole episode; per-image
 affine, contrast and noise), and minimises soft Dice + BCE of the query prediction. With
 ``--arch tyche`` the network draws ``--k`` candidates and only the best one against a
@@ -28,6 +29,7 @@ from torch.nn import functional as F
 from ..models.tyche import TycheTS
 from ..models.universeg import UniverSeg
 from . import incontext_data as D
+from .corpus import add_data_argument
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "incontext_small.pt"
 
@@ -68,17 +70,29 @@ def image_augment(img: torch.Tensor, mask: torch.Tensor, rng: np.random.Generato
     return (img * gain + bias + noise).clamp(0, 1), mask
 
 
-def make_batch(tasks, groups, batch: int, rng: np.random.Generator):
-    """A batch of augmented episodes: ``(B, S, 1, H, W)`` x2, ``(B, 1, H, W)`` x2."""
+def legacy_episode(tasks, groups, n_support: int, rng: np.random.Generator):
+    """One episode of the first training set (Colin27/AAL, LiTS-117 and ellipses)."""
+    group = rng.choice(list(groups), p=list(groups.values()))
+    if group == "synthetic":
+        task = D.synthetic_task(rng, n_support + 3)
+    else:
+        task = tasks[group][int(rng.integers(len(tasks[group])))]
+    return D.sample_episode(task, n_support, rng)
+
+
+def make_batch(draw, batch: int, rng: np.random.Generator):
+    """A batch of augmented episodes: ``(B, S, 1, H, W)`` x2, ``(B, 1, H, W)`` x2.
+
+    Args:
+        draw: ``draw(n_support, rng) -> (si, sm, qi, qm)`` one raw episode (the corpus's
+            :meth:`~fmseg.training.episodes.EpisodeSampler.episode`, or :func:`legacy_episode`).
+        batch: Episodes per batch.
+        rng: Random generator (support size, episodes, augmentation).
+    """
     n_support = int(rng.choice([1, 2, 4, 8], p=[0.15, 0.2, 0.3, 0.35]))
     eps = []
     for _ in range(batch):
-        group = rng.choice(list(groups), p=list(groups.values()))
-        if group == "synthetic":
-            task = D.synthetic_task(rng, n_support + 3)
-        else:
-            task = tasks[group][int(rng.integers(len(tasks[group])))]
-        si, sm, qi, qm = task_augment(*D.sample_episode(task, n_support, rng), rng)
+        si, sm, qi, qm = task_augment(*draw(n_support, rng), rng)
         imgs, masks = image_augment(
             torch.cat([si, qi[None]]), torch.cat([sm, qm[None]]), rng, p=0.7
         )
@@ -179,20 +193,27 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    tasks = {"aal": D.aal_tasks(), "lits": D.lits_tasks()}
-    groups = dict(zip(("aal", "lits", "synthetic"), args.shares, strict=True))
+    draw = episode_source(args)
     val = validation_set(np.random.default_rng(1234))
     model = (TycheTS if args.arch == "tyche" else UniverSeg)((args.width,) * 4)
     if args.init is not None:  # resume from a checkpoint written by save()
         model.load_state_dict(torch.load(args.init, weights_only=True)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     t0, last_eval, step, best = time.time(), -1e9, 0, -1.0
+    resume = args.out.with_name(args.out.stem + "_resume.pt")
+    if args.resume and resume.exists():  # continue where the last evaluation left off
+        state = torch.load(resume, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, best, rng = state["step"], state["best"], state["rng"]
+        t0 = time.time() - state["elapsed"]
+        torch.set_rng_state(state["torch_rng"])
     log = open(args.log, "a")
-    while (elapsed := time.time() - t0) < args.minutes * 60:
-        frac = elapsed / (args.minutes * 60)
+    while (elapsed := time.time() - t0) < args.minutes * 60 and step < args.max_steps:
+        frac = max(elapsed / (args.minutes * 60), step / args.max_steps)
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        si, sm, qi, qm = make_batch(tasks, groups, args.batch, rng)
+        si, sm, qi, qm = make_batch(draw, args.batch, rng)
         if args.arch == "tyche":
             noise = torch.randn(len(qi), args.k, 1, *qi.shape[-2:])
             loss, dice = best_candidate_loss(model(qi, si, sm, noise), rater_variant(qm, rng))
@@ -212,6 +233,17 @@ def train(args: argparse.Namespace) -> None:
             if rec["val"]["all"] > best:
                 best = rec["val"]["all"]
                 save(model, args, step, elapsed, rec["val"])
+            state = {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "best": best,
+                "rng": rng,
+                "elapsed": elapsed,
+                "torch_rng": torch.get_rng_state(),
+            }
+            torch.save(state, resume.with_suffix(".tmp"))
+            resume.with_suffix(".tmp").replace(resume)
         log.write(json.dumps(rec) + "\n")
         log.flush()
     rec = {
@@ -223,6 +255,19 @@ def train(args: argparse.Namespace) -> None:
     log.write(json.dumps(rec) + "\n")
     if rec["val"]["all"] > best:
         save(model, args, step, rec["t"], rec["val"])
+
+
+def episode_source(args: argparse.Namespace):
+    """``draw(n_support, rng)`` for ``--data corpus`` (default) or ``--data legacy``."""
+    if args.data == "legacy":
+        tasks = {"aal": D.aal_tasks(), "lits": D.lits_tasks()}
+        groups = dict(zip(("aal", "lits", "synthetic"), args.shares, strict=True))
+        return lambda n, rng: legacy_episode(tasks, groups, n, rng)
+    from .corpus import load_corpus
+    from .episodes import EpisodeSampler, Mix
+
+    mix = Mix(real=args.mix[0], synth=args.mix[1], shapes=args.mix[2])
+    return EpisodeSampler(load_corpus(root=args.corpus, split="train"), "train", mix).episode
 
 
 def save(model, args: argparse.Namespace, step: int, t: float, val: dict, tag: str = "") -> None:
@@ -239,17 +284,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description="Meta-train an in-context UniverSeg-type model.")
     p.add_argument("--minutes", type=float, default=60.0)
+    p.add_argument("--max-steps", type=int, default=10**9, help="stop after this many steps")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--arch", choices=("universeg", "tyche"), default="universeg")
     p.add_argument("--k", type=int, default=4, help="Tyche candidates per query in training")
     p.add_argument("--batch", type=int, default=4)
+    add_data_argument(p, "the first set (AAL/LiTS/ellipses)")
+    p.add_argument("--corpus", type=Path, default=None, help="corpus folder (default: cache)")
+    mix = (0.45, 0.35, 0.2)
+    p.add_argument("--mix", type=float, nargs=3, default=mix, help="corpus real/synth/shapes")
     shares = (0.55, 0.25, 0.2)
-    p.add_argument("--shares", type=float, nargs=3, default=shares, help="AAL/LiTS/synthetic")
+    p.add_argument("--shares", type=float, nargs=3, default=shares, help="legacy AAL/LiTS/synth")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=float, default=300.0, help="seconds between validations")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <out>_resume.pt (written at every validation)",
+    )
     p.add_argument("--keep-evals", action="store_true", help="also save every evaluated step")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--log", type=Path, default=Path("incontext_curve.jsonl"))

@@ -13,10 +13,16 @@ the whole batch, SAM-style:
 
 For the iterative modes the previous low-resolution logits are fed back as mask input with
 probability ``--mask-prob``. Loss: BCE + soft Dice on the 256x256 low-resolution logits, plus
-the MSE of the IoU head. Usage (not run in CI)::
+the MSE of the IoU head.
 
-    python -m fmseg.training.embed_cache
-    python -m fmseg.training.train_points --minutes 22
+Data (``--data``): ``corpus`` (default) reads the corpus slices cached in ``--cache``
+(:mod:`fmseg.training.corpus_slices`), one target per structure, sampled by group (``ct``,
+``mr``, ``brain-atlas``, ``microscopy``, ``synthetic``); ``legacy`` reads the LiTS-117 +
+Colin27/AAL slices (groups ``liver``, ``tumour``, ``aal``). ``--group-weights`` overrides the
+sampling weight of groups. Usage (not run in CI)::
+
+    python -m fmseg.training.embed_cache                # --data legacy for the old slices
+    python -m fmseg.training.train_points --minutes 22 --group-weights ct=0.4 synthetic=0.25
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ from torch.nn import functional as F
 
 from ..prompts import Box, Point
 from . import clicks as ck
-from .embed_cache import CACHE_DIR, load_cached, slice_targets, training_keys
+from . import corpus_slices as cs
+from .corpus import add_data_argument
+from .embed_cache import CACHE_DIR, MIN_PX, CachedSlice, load_cached, slice_targets, training_keys
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "litemedsam_points.pt"
 PARTS = ("prompt_encoder.", "mask_decoder.")
 MODES = ("box", "clicks", "box+clicks")
 LOW = 256
+LEGACY_WEIGHTS = {"liver": 0.25, "tumour": 0.25, "aal": 0.5}
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,8 @@ class Target:
         box: ``(4,)`` tight xyxy box in slice pixels.
         scale: ``(sx, sy)`` model pixels per slice pixel.
         shape: ``(H, W)`` of the slice.
-        group: ``"liver"``, ``"tumour"`` or ``"aal"``.
+        group: Sampling group: ``"ct"``, ``"mr"``, ``"brain-atlas"``, ``"microscopy"``,
+            ``"synthetic"`` (corpus) or ``"liver"``, ``"tumour"``, ``"aal"`` (legacy).
     """
 
     slice_id: int
@@ -63,30 +73,58 @@ class Target:
     group: str
 
 
-def load_training_set(root: Path = CACHE_DIR) -> tuple[torch.Tensor, dict[str, list[Target]]]:
-    """Cached ``(N, 256, 64, 64)`` fp16 embeddings and the targets on them, by group."""
-    feats, groups = [], {"liver": [], "tumour": [], "aal": []}
-    for key in training_keys():
+def make_target(slice_id: int, mask: np.ndarray, cached: CachedSlice, group: str) -> Target | None:
+    """A :class:`Target` of a ``(H, W)`` bool mask, or None if it vanishes in the model frame.
+
+    The low-resolution frame is ``4 x`` the embedding side (256 for LiteMedSAM).
+    """
+    gt = cached.frame.mask_to_model(mask, 4 * cached.features.shape[-1])[0, 0].numpy() > 0
+    if not gt.any():
+        return None
+    b = Box.from_mask(mask)
+    box = np.array([b.x0, b.y0, b.x1, b.y1])
+    return Target(slice_id, gt, box, cached.frame.scale_xy, cached.label.shape, group)
+
+
+def slice_training_targets(
+    key, cached: CachedSlice, min_px: int = MIN_PX
+) -> list[tuple[str, np.ndarray]]:
+    """``(group, (H, W) bool mask)`` targets of a cached corpus or legacy slice."""
+    if isinstance(key, cs.CorpusSliceKey):
+        return cs.entry_targets(cached.label, cached.meta, min_px)
+    return slice_targets(key, cached.label, heldout=False, min_px=min_px)
+
+
+def load_training_set(
+    root: Path = CACHE_DIR, data: str = "corpus", keys: list | None = None
+) -> tuple[torch.Tensor, dict[str, list[Target]]]:
+    """Cached ``(N, C, h, w)`` fp16 embeddings and the targets on them, by group.
+
+    Args:
+        root: Embedding cache folder.
+        data: ``"corpus"`` (every corpus slice cached in ``root``) or ``"legacy"``.
+        keys: Slices to read instead (slices not cached are skipped).
+
+    Returns:
+        The embeddings of the slices that have a target, and ``group -> targets``.
+    """
+    if keys is None:
+        keys = cs.cached_keys(root) if data == "corpus" else training_keys()
+    feats: list[torch.Tensor] = []
+    groups: dict[str, list[Target]] = {g: [] for g in (LEGACY_WEIGHTS if data == "legacy" else ())}
+    for key in keys:
         try:
-            cs = load_cached(key, root)
+            cached = load_cached(key, root)
         except FileNotFoundError:
             continue
-        for kind, mask in slice_targets(key, cs.label, heldout=False):
-            gt = cs.frame.mask_to_model(mask, LOW)[0, 0].numpy() > 0
-            if not gt.any():
-                continue
-            b = Box.from_mask(mask)
-            groups[kind].append(
-                Target(
-                    len(feats),
-                    gt,
-                    np.array([b.x0, b.y0, b.x1, b.y1]),
-                    cs.frame.scale_xy,
-                    cs.label.shape,
-                    kind,
-                )
-            )
-        feats.append(cs.features[0])
+        pairs = slice_training_targets(key, cached)
+        made = [t for g, m in pairs if (t := make_target(len(feats), m, cached, g)) is not None]
+        for t in made:
+            groups.setdefault(t.group, []).append(t)
+        if made:  # an embedding without targets would never be drawn: do not hold it
+            feats.append(cached.features[0])
+    if not feats:
+        raise FileNotFoundError(f"no cached training slices with targets in {root}")
     return torch.stack(feats), groups
 
 
@@ -176,7 +214,7 @@ def sample_batch(
     groups: dict[str, list[Target]], size: int, rng: np.random.Generator, weights: dict[str, float]
 ) -> list[Target]:
     """``size`` targets, the group of each drawn with ``weights``."""
-    names = [g for g in weights if groups[g]]
+    names = [g for g in weights if groups.get(g) and weights[g] > 0]
     p = np.array([weights[g] for g in names])
     picks = rng.choice(len(names), size=size, p=p / p.sum())
     return [groups[names[i]][rng.integers(len(groups[names[i]]))] for i in picks]
@@ -227,7 +265,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--log", type=Path, default=CACHE_DIR.parent / "train_points.jsonl")
-    return p.parse_args(argv)
+    add_data_argument(p, "the LiTS-117 + Colin27/AAL slices")
+    p.add_argument("--cache", type=Path, default=CACHE_DIR, help="embedding cache folder")
+    p.add_argument(
+        "--group-weights",
+        nargs="+",
+        default=[],
+        metavar="GROUP=W",
+        help="sampling weight per target group (others keep their default)",
+    )
+    args = p.parse_args(argv)
+    args.weights = group_weights(args.data, args.group_weights, p)
+    return args
+
+
+def group_weights(data: str, items: list[str], parser=None) -> dict[str, float]:
+    """Default weights of ``data``'s groups, updated with ``GROUP=W`` items."""
+    weights = dict(LEGACY_WEIGHTS if data == "legacy" else cs.DEFAULT_WEIGHTS)
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            if parser is None:
+                raise
+            parser.error(f"--group-weights: expected GROUP=W, got {item!r}")
+    return weights
 
 
 def click_count(mode: str, rng: np.random.Generator, one_click: float = 0.0) -> int:
@@ -247,7 +310,7 @@ def train_step(model, opt, feats_all, groups, args, rng) -> dict:
     """One optimisation step; returns its mode, loss and mean Dice."""
     mode = MODES[rng.choice(3, p=np.array(args.mode_probs) / sum(args.mode_probs))]
     k = click_count(mode, rng, args.one_click)
-    targets = sample_batch(groups, args.batch, rng, {"liver": 0.25, "tumour": 0.25, "aal": 0.5})
+    targets = sample_batch(groups, args.batch, rng, args.weights)
     feats = feats_all[[t.slice_id for t in targets]].float()
     gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32))
     use_mask = mode != "box" and rng.random() < args.mask_prob
@@ -270,9 +333,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    feats_all, groups = load_training_set()
+    feats_all, groups = load_training_set(args.cache, args.data)
     counts = {g: len(v) for g, v in groups.items()}
-    print(f"{len(feats_all)} slices; targets: {counts}", flush=True)
+    print(f"{len(feats_all)} slices; targets: {counts}; weights: {args.weights}", flush=True)
+    if unweighted := [g for g in groups if groups[g] and g not in args.weights]:
+        print(f"groups never drawn (no weight): {unweighted}", flush=True)
     model = load_model("litemedsam", device="cpu").train()
     if args.init is not None:
         state = load_state_dict(WeightsSource("file", str(args.init), key="model"))
