@@ -3,9 +3,9 @@
 :class:`TrainingPlot` is a plain ``QWidget`` that paints loss and validation Dice as two
 polylines with ``QPainter``: no plotting library, and adding a point costs an append plus
 ``update()`` (Qt merges pending repaints, so the GUI thread does at most one cheap redraw per
-frame however fast the trainer yields). :class:`Pair`, :func:`annotated_slices` and
-:func:`boxes_from_shapes` turn napari layers into the core's training records and box prompts
-(no viewer, no Qt); :func:`apply_work` is the generator the widget's apply worker runs.
+frame however fast the trainer yields). :class:`Pair` and :func:`boxes_from_shapes` turn
+napari layers into the core's training records and box prompts (no viewer, no Qt); which
+slices count as labelled is the core's rule (:func:`fmseg.adapters.facade.labelled_slices`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from fmseg.adapters.bases import SamAdapted
 from fmseg.adapters.data import Annotation
-from fmseg.adapters.predict import predict_slices_iter, predict_volume_iter
-from fmseg.progress import Work
+from fmseg.adapters.facade import labelled_slices
 from fmseg.prompts import Box
 
 from . import _layers as L
@@ -148,12 +146,6 @@ class TrainingPlot(QWidget):
                 painter.drawEllipse(poly.at(i), 2.5, 2.5)
 
 
-def annotated_slices(labels: np.ndarray, axis: int) -> tuple[int, ...]:
-    """Indices along ``axis`` of the slices holding any non-zero label."""
-    others = tuple(a for a in range(labels.ndim) if a != axis)
-    return tuple(int(i) for i in np.flatnonzero(np.any(labels != 0, axis=others)))
-
-
 @dataclass(frozen=True)
 class Pair:
     """One training image: layers, label value, slicing axis, whole volume or labelled slices."""
@@ -166,7 +158,7 @@ class Pair:
 
     def slices(self) -> tuple[int, ...] | None:
         """The annotated slices now (None: the whole volume is annotated)."""
-        return None if self.whole else annotated_slices(np.asarray(self.labels.data), self.axis)
+        return None if self.whole else labelled_slices(self.labels.data, self.axis)
 
     def problem(self) -> str:
         """Why this pair cannot be trained on ("" when it can)."""
@@ -179,7 +171,7 @@ class Pair:
             )
         data = np.asarray(labels.data)
         data, axis = (data[None], 0) if data.ndim == 2 else (data, self.axis)
-        slices = None if self.whole or image.ndim == 2 else annotated_slices(data, axis)
+        slices = None if self.whole or image.ndim == 2 else labelled_slices(data, axis)
         if slices == ():
             return f"'{labels.name}' has no labelled slice along axis {axis}"
         part = data if slices is None else np.take(data, slices, axis)
@@ -222,20 +214,6 @@ def boxes_from_shapes(
     todo = range(image.data.shape[axis]) if slices is None else slices
     found = {s: L.box_on_slice(vertices, s, plane) for s in todo}
     return {s: b for s, b in found.items() if b is not None}
-
-
-def apply_work(
-    model: AdaptedModel,
-    volume: np.ndarray,
-    axis: int,
-    slices: list[int] | None,
-    boxes: dict[int, Box] | None,
-    spacing: tuple[float, float, float],
-) -> Work[np.ndarray]:
-    """Foreground probability of ``volume`` (runs in the worker thread)."""
-    if isinstance(model, SamAdapted):
-        return (yield from predict_slices_iter(model, volume, axis, slices, boxes, spacing))
-    return (yield from predict_volume_iter(model, volume, spacing))
 
 
 def describe_adapter(model: AdaptedModel, metrics: dict) -> str:

@@ -13,8 +13,7 @@ layer with the In-context widget's undo, never into the annotations.
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,15 +22,15 @@ from napari.layers import Image, Labels, Shapes
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QAbstractSpinBox, QListWidget
 
-from fmseg.adapters import api
-from fmseg.adapters.bases import AdapterConfig, SamAdapted
-from fmseg.adapters.methods import HEAD_METHODS, METHODS, PEFT_METHODS
+from fmseg.adapters import api, facade
+from fmseg.adapters.bases import AdapterConfig
+from fmseg.adapters.methods import METHODS
 from fmseg.adapters.trainer import TrainSettings, TrainStep
 from fmseg.progress import Progress, Work
-from fmseg.registry import REGISTRY, get_spec
+from fmseg.registry import REGISTRY
 
 from . import _layers as L
-from ._adapter_plot import Pair, TrainingPlot, apply_work, boxes_from_shapes, describe_adapter
+from ._adapter_plot import Pair, TrainingPlot, boxes_from_shapes, describe_adapter
 from ._dialogs import ask_path
 from ._incontext_widget import AXES, InContextWidget, Region
 from ._status import StatusContainer
@@ -94,20 +93,20 @@ class AdapterWidget(StatusContainer):
         self.pair_list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.pair_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.pair_list.setToolTip("empty: train on the image and annotations chosen above")
-        bases = [n for n, s in REGISTRY.items() if s.kind in ("promptable", "volumetric")]
+        bases = list(facade.adapter_bases())
         self._base = mw.ComboBox(label="base model", choices=bases, value="litemedsam")
         self._base.tooltip = "\n".join(f"{n}: {REGISTRY[n].description}" for n in bases)
         self._method = mw.ComboBox(label="method", choices=list(METHODS), value="spatial-adapter")
         self._method.tooltip = "\n".join(f"{k}: {v}" for k, v in METHODS.items())
         for i, text in enumerate(METHODS.values()):
             self._method.native.setItemData(i, text, Qt.ItemDataRole.ToolTipRole)
-        self._where = mw.ComboBox(label="PEFT on", choices=["decoder", "encoder", "both"])
-        self._head = mw.ComboBox(label="head (2D)", choices=["auto", "box"], value="auto")
+        self._where = mw.ComboBox(label="PEFT on", choices=facade.WHERES)
+        self._head = mw.ComboBox(label="head (2D)", choices=facade.HEADS)
         self._head.tooltip = (
             "auto: prompt-free head on the image embedding; box: the box-prompted decoder "
             "(apply then needs a rectangle per slice in the 'boxes' Shapes layer)"
         )
-        self._steps = mw.SpinBox(label="steps", min=1, max=100_000, value=TrainSettings().steps)
+        self._steps = mw.SpinBox(label="steps", min=1, max=100_000, value=TrainSettings.steps)
         self._lr = mw.FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-6)
         self._lr.native.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
         self._bar = mw.ProgressBar(label="progress", visible=False)
@@ -129,7 +128,7 @@ class AdapterWidget(StatusContainer):
         )
         self._method.changed.connect(self._on_method)
         for combo in (self._base, self._where):
-            combo.changed.connect(self._fit_head)
+            combo.changed.connect(self._fit_choices)
         self._on_method()
         for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
@@ -162,24 +161,19 @@ class AdapterWidget(StatusContainer):
             self._refresh_list()
 
     def _on_method(self, *_: Any) -> None:
-        """The method's default learning rate, then the head that fits (see :meth:`_fit_head`)."""
-        self._lr.value = TrainSettings().learning_rate(str(self._method.value))
-        self._fit_head()
+        """The method's default learning rate, then the choices that fit it."""
+        self._lr.value = facade.default_settings(str(self._method.value)).lr
+        self._fit_choices()
 
-    def _fit_head(self, *_: Any) -> None:
-        """Offer the head only where it is a choice.
+    def _fit_choices(self, *_: Any) -> None:
+        """Offer only the parts and heads the core accepts for this base and method.
 
-        Black-box methods and 3D bases are prompt-free ("auto"). Methods that train only the
-        decoder need the box head: the auto head reads the image embedding, so it would never
-        use their decoder.
+        The core decides (:mod:`fmseg.adapters.facade`): e.g. PEFT on the decoder or on both
+        parts needs the box head, which the prompt-free head would never use.
         """
-        method, where = str(self._method.value), str(self._where.value)
-        self._where.enabled = method in PEFT_METHODS
-        prompt_free = method in HEAD_METHODS or get_spec(str(self._base.value)).kind != "promptable"
-        decoder_only = method == "decoder" or (method in PEFT_METHODS and where == "decoder")
-        if prompt_free or decoder_only:
-            self._head.value = "auto" if prompt_free else "box"
-        self._head.enabled = not (prompt_free or decoder_only)
+        base, method = str(self._base.value), str(self._method.value)
+        _offer(self._where, facade.allowed_wheres(base, method))
+        _offer(self._head, facade.allowed_heads(base, method, str(self._where.value)))
 
     @property
     def busy(self) -> bool:
@@ -239,7 +233,7 @@ class AdapterWidget(StatusContainer):
             if problem := pair.problem():
                 self._error(problem)
                 return None
-        volumetric = get_spec(str(self._base.value)).kind == "volumetric"
+        volumetric = facade.base_dims(str(self._base.value)) == 3
         if volumetric and len({p.axis for p in self.pairs}) > 1:
             self._error("a 3D base needs every pair annotated along the same slicing axis")
             return None
@@ -248,19 +242,16 @@ class AdapterWidget(StatusContainer):
     # --- training ----------------------------------------------------------------------------
 
     def settings(self) -> TrainSettings:
-        """Training settings from the controls (validation about 20 times per run)."""
-        steps = int(self._steps.value)
-        every = min(10, max(1, steps // 20))
-        return TrainSettings(
-            steps=steps, lr=float(self._lr.value), eval_every=every,
-            patience=max(5, math.ceil(40 / every)),  # at least 40 steps without progress
-        )  # fmt: skip
+        """Training settings from the controls (the core's rules for the rest)."""
+        method = str(self._method.value)
+        return facade.default_settings(method, int(self._steps.value), float(self._lr.value))
 
     def config(self) -> AdapterConfig:
-        """The adapter configuration from the controls."""
-        return AdapterConfig(
-            method=str(self._method.value), where=str(self._where.value), head=str(self._head.value)
-        )
+        """The adapter configuration from the controls, checked by the core."""
+        return facade.resolve_config(
+            str(self._base.value), str(self._method.value), str(self._where.value),
+            str(self._head.value),
+        )  # fmt: skip
 
     def start(self) -> None:
         """Train an adapter on the training list (or the chosen pair) in a worker."""
@@ -376,7 +367,7 @@ class AdapterWidget(StatusContainer):
         axis = int(self._axis.value) if image.ndim == 3 else 0
         index = self.current_slice() if image.ndim == 3 else 0
         slices, boxes = (None if whole else [index]), None
-        if isinstance(self.adapter, SamAdapted) and self.adapter.head_kind == "box":
+        if self.adapter.head_kind == "box":
             if (boxes := self._boxes_for(image, axis, slices)) is None:
                 return
             slices = sorted(boxes)
@@ -387,7 +378,7 @@ class AdapterWidget(StatusContainer):
         done[list(range(n)) if slices is None else slices] = True
         scale = tuple(float(s) for s in image.scale)
         spacing = ((1.0,) * (3 - len(scale)) + scale)[-3:]
-        work = apply_work(self.adapter, volume, axis, slices, boxes, spacing)
+        work = facade.apply_iter(self.adapter, volume, axis, slices, boxes, spacing)
         name = "apply to volume" if whole else f"apply to slice {index}"
         self._say(f"{name} ...")
         self._launch(work, name, lambda prob: self._on_applied(image, axis, done, prob))
@@ -436,7 +427,7 @@ class AdapterWidget(StatusContainer):
         region[axis] = slice(int(run[0]), int(run[-1]) + 1)
         on = done[region[axis]].reshape([-1 if a == axis else 1 for a in range(3)])
         old = np.asarray(layer.data).reshape(prob.shape)[tuple(region)] == value
-        mask = np.where(on, prob[tuple(region)] > 0.5, old)
+        mask = np.where(on, prob[tuple(region)] > facade.THRESHOLD, old)
         box = tuple(region)[3 - image.ndim :]
         new = (mask * value).astype(np.int32).reshape(layer.data[box].shape)
         n = self._write(layer, box, new, [value])
@@ -444,3 +435,18 @@ class AdapterWidget(StatusContainer):
             f"{self._job_name}: {int(mask.sum())} voxels of label {value}; {n} voxels of "
             f"'{OUTPUT_LAYER}' changed" + (" (Undo reverts)." if n else ".")
         )
+
+
+def _offer(combo: mw.ComboBox, allowed: Sequence[str]) -> None:
+    """Let ``combo`` choose among ``allowed`` only (in that order), disabled without a choice.
+
+    Keeps the current value when allowed, else takes the first (the core's default). Signals
+    stay blocked: the caller fits the dependent choices itself, in order.
+    """
+    value = combo.value if combo.value in allowed else allowed[0]
+    with combo.changed.blocked():
+        if tuple(combo.choices) != tuple(allowed):
+            combo.native.clear()  # magicgui appends new choices: rebuild to keep the order
+            combo.choices = tuple(allowed)
+        combo.value = value
+    combo.enabled = len(allowed) > 1

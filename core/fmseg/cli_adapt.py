@@ -17,15 +17,21 @@ import sys
 import numpy as np
 
 from .adapters.api import load_adapter, save_adapter, train_adapter_iter
-from .adapters.bases import AdapterConfig
 from .adapters.data import Annotation
+from .adapters.facade import (
+    HEADS,
+    THRESHOLD,
+    WHERES,
+    adapter_bases,
+    apply_iter,
+    default_settings,
+    resolve_config,
+)
 from .adapters.methods import METHODS
-from .adapters.predict import predict_slices_iter, predict_volume_iter
 from .adapters.trainer import TrainSettings, TrainStep
 from .cli_incontext import parse_slices
 from .io import Volume, load_volume, save_labels
 from .progress import Progress, drain
-from .registry import REGISTRY
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,12 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--label", type=int, required=True, help="label value to learn")
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="slice axis (2D)")
-    bases = sorted(n for n, s in REGISTRY.items() if s.kind in ("promptable", "volumetric"))
-    s.add_argument("--base", default="litemedsam", choices=bases)
+    s.add_argument("--base", default="litemedsam", choices=sorted(adapter_bases()))
     s.add_argument("--method", default="decoder", help=f"{', '.join(METHODS)}; join with +")
-    s.add_argument("--where", default="decoder", choices=("encoder", "decoder", "both"))
-    s.add_argument("--head", default="box", choices=("box", "auto"), help="2D bases only")
-    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--where", choices=WHERES, help="part PEFT acts on (default: one that fits)")
+    s.add_argument("--head", choices=HEADS, help="2D bases: default the head that fits the method")
+    s.add_argument("--steps", type=int, help=f"maximum steps (default {TrainSettings.steps})")
     s.add_argument("--lr", type=float, help="learning rate (default: per method)")
     s.add_argument("--rank", type=int, default=4, help="LoRA / ARENA rank")
     s.add_argument("--seed", type=int, default=0)
@@ -83,8 +88,10 @@ def _report(step: Progress) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run ``fmseg adapt``; returns the metrics written into the adapter file."""
-    config = AdapterConfig(args.method, args.where, args.head, args.rank, 2 * args.rank)
-    settings = TrainSettings(steps=args.steps, lr=args.lr, seed=args.seed, patch=args.patch)
+    config = resolve_config(
+        args.base, args.method, args.where, args.head, rank=args.rank, alpha=2 * args.rank
+    )
+    settings = default_settings(args.method, args.steps, args.lr, seed=args.seed, patch=args.patch)
     work = train_adapter_iter(
         _annotations(args),
         args.base,
@@ -104,11 +111,8 @@ def run(args: argparse.Namespace) -> dict:
 def segment_with_adapter(args: argparse.Namespace, vol: Volume) -> int:
     """Prompt-free ``fmseg segment --adapter``: every slice (2D auto head) or the volume (3D)."""
     model = load_adapter(args.adapter, device=args.device, checkpoint=args.checkpoint)
-    if model.dims == 3:
-        prob = drain(predict_volume_iter(model, vol.array, vol.spacing), _report)
-    else:
-        prob = drain(predict_slices_iter(model, vol.array, args.axis, spacing=vol.spacing), _report)
-    labels = (prob > 0.5).astype(np.uint16) * args.label
+    prob = drain(apply_iter(model, vol.array, args.axis, spacing=vol.spacing), _report)
+    labels = (prob > THRESHOLD).astype(np.uint16) * args.label
     save_labels(args.out, labels, vol.affine)
     n = int((labels > 0).sum())
     print(f"\nwrote {args.out}: {n} voxels", file=sys.stderr)

@@ -73,3 +73,11 @@ def test_box_adapter_in_session_and_refusals(tmp_path):
     assert main([*train, "--method", "linear-probe", "--steps", "3", "--out", str(probe)]) == 0
     with pytest.raises(ValueError, match="prompt-free head"):
         Session(vol, tiny=True, adapter=str(probe))
+
+
+def test_adapt_refuses_a_head_that_does_not_fit_before_training(tmp_path, capsys):
+    img, lab = _files(tmp_path)
+    args = ["adapt", "--train", f"{img}:{lab}", "--label", "2", "--out", str(tmp_path / "a.pt")]
+    assert main([*args, "--method", "lora", "--where", "both", "--head", "auto"]) == 2
+    assert "head='auto' does not fit 'lora' (where='both')" in capsys.readouterr().err
+    assert not (tmp_path / "a.pt").exists()

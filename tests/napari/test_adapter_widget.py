@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from fmseg.adapters import facade
 from fmseg.adapters.bases import AdapterConfig
+from fmseg.adapters.facade import labelled_slices
+from fmseg.adapters.methods import PEFT_METHODS
 from fmseg.adapters.predict import predict_slices_iter
-from napari_fmseg import _adapter_plot, _adapter_widget, _status
-from napari_fmseg._adapter_plot import annotated_slices
+from napari_fmseg import _adapter_widget, _status
 from napari_fmseg._adapter_widget import OUTPUT_LAYER, AdapterWidget
 
 pytestmark = pytest.mark.gui
@@ -95,9 +97,29 @@ def test_method_defaults_and_enabled_options(make_napari_viewer) -> None:
     assert "1x1 conv" in tooltip
 
 
+def test_where_both_never_pairs_with_the_prompt_free_head(make_napari_viewer) -> None:
+    # The core refuses PEFT on both parts with the auto head: the widget must not offer it.
+    _, widget = _make(make_napari_viewer)
+    for method in PEFT_METHODS:
+        widget._method.value = method
+        widget._where.value = "encoder"
+        widget._head.value = "auto"  # a free choice with PEFT on the encoder only
+        assert widget._head.enabled and widget._head.choices == ("auto", "box")
+        widget._where.value = "both"
+        assert widget._head.value == "box" and not widget._head.enabled
+        with pytest.raises(ValueError, match="not a valid choice"):
+            widget._head.value = "auto"
+        assert widget.config() == AdapterConfig(method=method, where="both", head="box")
+        assert widget.config().resolved_head(2) == "box"  # the core accepts it
+        widget._where.value = "encoder"  # the choice comes back, in the same order
+        assert widget._head.enabled and widget._head.choices == ("auto", "box")
+    widget._method.value = "decoder"  # no PEFT part: "PEFT on" is no choice
+    assert widget._where.choices == ("decoder",) and not widget._where.enabled
+
+
 def test_training_list_and_errors(make_napari_viewer, errors) -> None:
     viewer, widget = _make(make_napari_viewer)
-    assert annotated_slices(viewer.layers["annotations"].data, 0) == LABELLED
+    assert labelled_slices(viewer.layers["annotations"].data, 0) == LABELLED
     assert widget.add_pair()
     assert widget.pair_list.item(0).text() == (
         "image / annotations: label 1, axis 0, 5 labelled slices"
@@ -183,7 +205,7 @@ def test_box_head_needs_a_box(make_napari_viewer, qtbot, errors, monkeypatch) ->
         runs.append(sorted(boxes))
         return predict_slices_iter(model, volume, axis, slices, boxes, spacing)
 
-    monkeypatch.setattr(_adapter_plot, "predict_slices_iter", spy)
+    monkeypatch.setattr(facade, "predict_slices_iter", spy)
     viewer, widget = _make(make_napari_viewer, steps=3, method="decoder")
     _train(qtbot, widget)
     assert widget.adapter.head_kind == "box"

@@ -13,6 +13,7 @@ vtk = pytest.importorskip("vtk", reason="needs slicer-core (bash .ci/install-sli
 from slicer_helpers import add_volume, ball, roi_around, rotation  # noqa: E402
 
 from fmseg import Cancelled, Progress, coords, drain  # noqa: E402
+from fmseg.adapters.facade import labelled_slices  # noqa: E402
 from fmseg.adapters.trainer import TrainStep  # noqa: E402
 
 pytestmark = pytest.mark.slicer
@@ -51,27 +52,11 @@ def test_annotation_from_a_segment_uses_the_view_axis_and_its_slices(segmented):
     axis = logic.view_axis(volume, "sagittal")
     side = logic.read_annotation(volume, seg, "ball", view="sagittal")
     assert side.axis == axis != 0
-    assert side.slices == adapters.annotated_slices(truth, axis)
+    assert side.slices == labelled_slices(truth, axis)
     assert logic.read_annotation(volume, seg, "ball", whole=True).slices is None
     logic.write_segment(seg, "empty", np.zeros_like(truth), volume)
     with pytest.raises(ValueError, match="empty"):
         logic.read_annotation(volume, seg, "empty")
-
-
-@pytest.mark.parametrize(
-    ("method", "where", "head", "expected"),
-    [
-        ("linear-probe", "decoder", "box", "auto"),
-        ("decoder", "decoder", "auto", "box"),
-        ("bitfit", "decoder", None, "box"),
-        ("bitfit", "encoder", None, "auto"),
-        ("bitfit", "encoder", "box", "box"),
-    ],
-)
-def test_config_picks_the_head_that_fits_the_method(method, where, head, expected):
-    config = adapters.adapter_config("litemedsam", method, where, head)
-    assert config.resolved_head(2) == expected
-    assert adapters.adapter_config("hdbet", "decoder").resolved_head(3) == "auto"
 
 
 def test_hdbet_probe_trains_in_the_worker_and_writes_a_segment_on_the_volume_grid(

@@ -31,10 +31,25 @@ from .feeders import SliceFeeder, VolumeFeeder
 from .trainer import AdaptResult, TrainSettings, train_iter
 
 FORMAT = "fmseg-adapter/1"
+#: Registry kinds adapters can be trained on, and the dimensionality of each.
+BASE_DIMS = {"promptable": 2, "volumetric": 3}
 
 
 class AdapterError(ValueError):
     """An adapter checkpoint that cannot be used (wrong base, wrong format, corrupt)."""
+
+
+def base_dims(base: str) -> int:
+    """2 for promptable (SAM-family) bases, trained slice by slice; 3 for volumetric ones.
+
+    Raises:
+        KeyError: Unknown model name.
+        AdapterError: A model adapters cannot be trained on.
+    """
+    kind = get_spec(base).kind
+    if kind not in BASE_DIMS:
+        raise AdapterError(f"'{base}' is a {kind} model: adapters need a promptable or 3D one")
+    return BASE_DIMS[kind]
 
 
 def base_fingerprint(base: str, tiny: bool = False, checkpoint: str | None = None) -> str:
@@ -56,18 +71,16 @@ def build_adapted(
     checkpoint: str | None = None,
 ) -> AdaptedModel:
     """Load a registered base model and apply ``config``'s methods (adapters untrained)."""
-    spec = get_spec(base)
+    dims = base_dims(base)
     with torch.random.fork_rng():
         torch.manual_seed(0)  # tiny test bases: the same random weights every time
         net = load_model(base, checkpoint=checkpoint, tiny=tiny, device=device)
-    if spec.kind == "promptable":
+    if dims == 2:
         model: AdaptedModel = SamAdapted(base, net, config)
         channels = net.mask_decoder.iou_token.embedding_dim
-    elif spec.kind == "volumetric":
+    else:
         model = VolumeAdapted(base, net, config)
         channels = net.feature_channels
-    else:
-        raise AdapterError(f"'{base}' is a {spec.kind} model: adapters need a promptable or 3D one")
     model.trainable = apply_methods(model, channels)
     if isinstance(model, VolumeAdapted):
         init_probe_from_base(model)
@@ -126,7 +139,7 @@ def train_adapter_iter(
     if not annotations:
         raise ValueError("give at least one annotated image to train on")
     config, settings = config or AdapterConfig(), settings or TrainSettings()
-    if get_spec(base).kind == "volumetric":
+    if base_dims(base) == 3:
         config = replace(config, patch=settings.patch)
     torch.manual_seed(settings.seed)
     model = build_adapted(base, config, tiny, device, checkpoint)

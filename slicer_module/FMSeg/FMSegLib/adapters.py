@@ -14,12 +14,14 @@ of :class:`~FMSegLib.logic.FMSegLogic` and follows its read -> work -> write spl
   ``head="auto"`` or 3D) adapter. Box-head adapters go through the prompt path instead
   (``segment_slice_iter(..., adapter=...)``, an :class:`fmseg.Session` with the adapter merged).
 * **write** (main thread): the Logic's ``write_segment`` / ``write_slice`` (undoable).
+
+Which head fits a method, the training settings, which slices are annotated and how an adapter
+is applied are the core's decisions (:mod:`fmseg.adapters.facade`): this module only calls them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,18 +29,22 @@ from pathlib import Path
 
 import numpy as np
 
-from fmseg import Progress, get_spec
+from fmseg import Progress
 from fmseg.adapters import api
 from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.data import Annotation
-from fmseg.adapters.methods import HEAD_METHODS, PEFT_METHODS, parse_method
-from fmseg.adapters.predict import predict_slices_iter, predict_volume_iter
-from fmseg.adapters.trainer import TrainSettings, TrainStep
+from fmseg.adapters.facade import (
+    THRESHOLD,
+    apply_iter,
+    base_dims,
+    default_settings,
+    labelled_slices,
+    resolve_config,
+)
+from fmseg.adapters.trainer import TrainStep
 from fmseg.progress import Work
 
 AdapterError = api.AdapterError
-#: Foreground probability above which a voxel joins the segment.
-THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,45 +103,6 @@ class TrainedAdapter:
         return text + ("" if dice is None else f", validation Dice {dice:.3f}") + ")"
 
 
-def base_dims(base: str) -> int:
-    """2 for promptable (SAM-family) bases, 3 for volumetric ones."""
-    return 2 if get_spec(base).kind == "promptable" else 3
-
-
-def annotated_slices(mask: np.ndarray, axis: int) -> tuple[int, ...]:
-    """Indices along ``axis`` of the slices where ``mask`` has voxels."""
-    other = tuple(a for a in range(3) if a != axis)
-    return tuple(int(i) for i in np.flatnonzero(np.asarray(mask).any(axis=other)))
-
-
-def adapter_config(
-    base: str, method: str, where: str = "decoder", head: str | None = None, **options
-) -> AdapterConfig:
-    """The :class:`AdapterConfig` for ``method``, with the head that fits it.
-
-    Black-box methods and 3D bases are prompt-free (``"auto"``); methods that train only the
-    decoder keep the box-prompted decoder (``"box"``); otherwise ``head`` (default ``"auto"``).
-    """
-    names = parse_method(method)
-    prompt_free = bool(set(names) & set(HEAD_METHODS)) or base_dims(base) == 3
-    decoder_only = "decoder" in names or (
-        bool(set(names) & set(PEFT_METHODS)) and where != "encoder"
-    )
-    if prompt_free:
-        head = "auto"
-    elif decoder_only:
-        head = "box"
-    return AdapterConfig(method=method, where=where, head=head or "auto", **options)
-
-
-def train_settings(steps: int, lr: float | None = None, **options) -> TrainSettings:
-    """Training settings validating about 20 times per run (at least every 10 steps)."""
-    every = min(10, max(1, steps // 20))
-    options.setdefault("eval_every", every)
-    options.setdefault("patience", max(5, math.ceil(40 / every)))  # 40 steps without progress
-    return TrainSettings(steps=steps, lr=lr, **options)
-
-
 def describe_step(step: Progress) -> Progress:
     """A training step whose message also names the validation Dice."""
     if not isinstance(step, TrainStep):
@@ -177,7 +144,7 @@ class AdapterLogic:
         volume = self.read_volume(volume_node)
         mask = self.read_segment(segmentation_node, segment, volume_node)
         axis = self.view_axis(volume_node, view)
-        slices = annotated_slices(mask, axis)
+        slices = labelled_slices(mask, axis)
         if not slices:
             raise ValueError(f"segment '{segment}' is empty on '{volume_node.GetName()}'")
         labels = mask.astype(np.uint8)
@@ -221,9 +188,9 @@ class AdapterLogic:
         path: str | os.PathLike,
         base: str = "litemedsam",
         method: str = "spatial-adapter",
-        steps: int = 200,
+        steps: int | None = None,
         lr: float | None = None,
-        where: str = "decoder",
+        where: str | None = None,
         head: str | None = None,
         **settings,
     ) -> Work[TrainedAdapter]:
@@ -238,24 +205,30 @@ class AdapterLogic:
             path: Adapter file to write.
             base: ``"litemedsam"`` (2D) or ``"hdbet"`` (3D).
             method: A method of :data:`fmseg.adapters.methods.METHODS` (``+`` combines).
-            steps: Maximum training steps.
+            steps: Maximum training steps (None: the core's default).
             lr: Learning rate (None: the method's default).
-            where: Part the PEFT methods act on (``"encoder"``, ``"decoder"``, ``"both"``).
-            head: 2D head where the method leaves a choice (see :func:`adapter_config`).
+            where: Part the PEFT methods act on (``"encoder"``, ``"decoder"``, ``"both"``;
+                None: the first that fits, see :func:`fmseg.adapters.facade.allowed_wheres`).
+            head: 2D head (None: the one that fits, see
+                :func:`fmseg.adapters.facade.allowed_heads`).
             **settings: More :class:`TrainSettings` fields (``batch_size``, ``patch``, ...).
+
+        Raises:
+            MethodError: A ``where`` or ``head`` that does not fit the method (the message
+                names those that do).
         """
         if not annotations:
             raise ValueError("add a segment to the training set first")
         if not str(path) or str(path) == "." or os.path.isdir(path):
             raise ValueError("choose where to save the adapter")
-        config = adapter_config(base, method, where, head)
+        config = resolve_config(base, method, where, head)
         if base_dims(base) == 3:  # one slicing axis; it means nothing for whole volumes
             axis = next((a.axis for a in annotations if a.slices is not None), 0)
             annotations = [
                 dataclasses.replace(a, axis=axis) if a.slices is None else a for a in annotations
             ]
         work = api.train_adapter_iter(
-            list(annotations), base, config, train_settings(steps, lr, **settings),
+            list(annotations), base, config, default_settings(method, steps, lr, **settings),
             tiny=self.tiny, device=self.device,
         )  # fmt: skip
         try:
@@ -292,8 +265,5 @@ class AdapterLogic:
             )
         yield Progress(0, 1, f"loading {adapter.base} + adapter")
         model = api.load_adapter(adapter.path, adapter.base, tiny=self.tiny, device=self.device)
-        if adapter.dims == 3:
-            prob = yield from predict_volume_iter(model, volume.array, volume.spacing)
-        else:
-            prob = yield from predict_slices_iter(model, volume.array, axis, spacing=volume.spacing)
+        prob = yield from apply_iter(model, volume.array, axis, spacing=volume.spacing)
         return np.asarray(prob) > THRESHOLD
