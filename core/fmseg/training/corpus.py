@@ -26,7 +26,7 @@ from ..progress import Progress, Work, drain
 from ..weights import cache_dir
 from .converters import CONVERTERS
 from .record import Record, load_record, save_record
-from .sources import SOURCES, Downloader, Source, download, extract, fetch
+from .sources import SOURCES, Downloader, Source, SourceError, download, extract, fetch
 from .splits import is_held_out_subject
 
 CORPUS_VERSION = 2  # 2: Desikan-Killiany brains filled inside
@@ -53,6 +53,7 @@ def build_iter(
     names: list[str] | None = None,
     downloader: Downloader = download,
     force: bool = False,
+    skip_missing: bool = False,
 ) -> Work[dict]:
     """Build the corpus, yielding a :class:`~fmseg.progress.Progress` per source.
 
@@ -62,12 +63,21 @@ def build_iter(
         names: Sources to build (default all).
         downloader: How an archive is fetched (tests pass a local copy).
         force: Rebuild even if ``index.json`` says the same sources are built.
+        skip_missing: Leave out a source that cannot be fetched or read (listed under
+            ``"skipped"``; the next build tries it again) instead of stopping.
 
     Returns:
-        The index written (``{"version", "sources", "records"}``).
+        The index written (``{"version", "sources", "records", "skipped"}``).
+
+    Raises:
+        SourceError: an unknown source name, or (without ``skip_missing``) a source that
+            cannot be fetched, checked or read; the message names the source.
     """
     root = Path(root) if root is not None else corpus_dir()
     shared = Path(shared) if shared is not None else shared_dir()
+    unknown = sorted(set(names or ()) - set(SOURCES))
+    if unknown:
+        raise SourceError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
     sources = [SOURCES[n] for n in (names or list(SOURCES))]
     index_path = root / "index.json"
     if index_path.exists() and not force:
@@ -78,24 +88,50 @@ def build_iter(
         if done and all((root / "records" / f"{r['id']}.npz").exists() for r in index["records"]):
             return index
     records: list[dict] = []
+    built, skipped = [], {}
     for step, source in enumerate(sources, 1):
-        work = root / "extracted" / source.name
-        if source.client == "shared":
-            work = shared
-        else:
-            archive = fetch(source, root / "archives", downloader)
-            extract(archive, source.members, work)
-        for rec in CONVERTERS[source.name](work, shared):
-            save_record(rec, root / "records")
-            records.append(rec.meta())
-        if source.client != "shared":
-            shutil.rmtree(work, ignore_errors=True)
+        try:
+            metas = _build_source(source, root, shared, downloader)
+        except (SourceError, OSError, ValueError) as err:
+            if not skip_missing:
+                msg = str(err)
+                named = msg if msg.startswith(f"{source.name}: ") else f"{source.name}: {msg}"
+                raise SourceError(named) from err
+            skipped[source.name] = str(err)
+            yield Progress(step, len(sources), f"{source.name}: skipped ({err})")
+            continue
+        records += metas
+        built.append(source)
         yield Progress(step, len(sources), f"{source.name}: {len(records)} records")
-    index = {"version": CORPUS_VERSION, "sources": _fingerprint(sources), "records": records}
+    index = {
+        "version": CORPUS_VERSION,
+        "sources": _fingerprint(built),
+        "records": records,
+        "skipped": skipped,
+    }
     tmp = index_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(index, indent=1))
     tmp.replace(index_path)
     return index
+
+
+def _build_source(source: Source, root: Path, shared: Path, downloader: Downloader) -> list[dict]:
+    """Fetch, extract and convert one source; returns its records' metadata."""
+    work = root / "extracted" / source.name
+    if source.client == "shared":
+        work = shared
+    else:
+        archive = fetch(source, root / "archives", downloader)
+        extract(archive, source.members, work)
+    metas = []
+    try:
+        for rec in CONVERTERS[source.name](work, shared):
+            save_record(rec, root / "records")
+            metas.append(rec.meta())
+    finally:
+        if source.client != "shared":
+            shutil.rmtree(work, ignore_errors=True)
+    return metas
 
 
 def build(**kw) -> dict:
@@ -172,13 +208,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=None, help="folder of ../shared/data")
     p.add_argument("--sources", default=None, help="comma-separated subset of sources")
     p.add_argument("--force", action="store_true", help="rebuild even if built")
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="leave out sources that cannot be fetched or read instead of stopping",
+    )
     args = p.parse_args(argv)
     root = args.root or corpus_dir()
     if args.command == "build":
         names = args.sources.split(",") if args.sources else None
-        work = build_iter(root=root, shared=args.shared, names=names, force=args.force)
-        index = drain(work, on_progress=lambda r: print(f"[{r.done}/{r.total}] {r.message}"))
-        print(f"corpus at {root}: {len(index['records'])} records")
+        work = build_iter(
+            root=root,
+            shared=args.shared,
+            names=names,
+            force=args.force,
+            skip_missing=args.skip_missing,
+        )
+        try:
+            index = drain(work, on_progress=lambda r: print(f"[{r.done}/{r.total}] {r.message}"))
+        except SourceError as err:
+            print(f"fmseg corpus: {err}", file=sys.stderr)
+            return 2
+        skipped = index.get("skipped") or {}
+        print(
+            f"corpus at {root}: {len(index['records'])} records"
+            + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+        )
         return 0
     index_path = root / "index.json"
     if not index_path.exists():
