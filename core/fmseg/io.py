@@ -5,7 +5,8 @@ geometry is always expressed as a 4x4 voxel-to-world affine in RAS+ millimetres,
 convention. NRRD files in LPS space are converted on read and written back in LPS.
 
 Writes are atomic: the data go to a temporary file in the destination folder, which then replaces
-the destination in one ``os.replace`` call, so a failed write never leaves a half-written file.
+the destination in one ``os.replace`` call, so a failed write never leaves a half-written file;
+the file gets the usual mode (``0o666`` less the umask).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "save_labels",
     "save_volume",
     "volume_format",
+    "write_atomic",
 ]
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd")
@@ -207,17 +209,41 @@ def _write_nrrd(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     nrrd.write(str(path), array, header, index_order="F")
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
+def _umask() -> int:
+    """The process umask.
+
+    Reading it means setting it: a strict one is set meanwhile, so a file another thread
+    creates in that instant is never more open than intended.
+    """
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``.
+
+    The file gets the mode a plain ``open(path, "w")`` would give (``0o666`` less the umask),
+    not the ``0o600`` of a temporary file.
+
+    Args:
+        path: Destination; its folder must exist.
+        write: Writes the data to the path it is given.
+        suffix: Ending of the temporary name, for writers that choose the format by it
+            (``".nii.gz"``).
+
+    Raises:
+        ValueError: If the folder does not exist.
+    """
     parent = path.parent
     if not parent.is_dir():
         raise ValueError(f"Cannot write {path}: folder {parent} does not exist")
-    ext = volume_format(path)
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=f".tmp{ext}")
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -283,7 +309,7 @@ def save_labels(
     aff = _check_affine(affine)
     arr = arr.astype(_label_dtype(arr), copy=False)
     writer = _write_nrrd if volume_format(p) == ".nrrd" else _write_nifti
-    _write_atomic(p, lambda tmp: writer(tmp, arr, aff))
+    write_atomic(p, lambda tmp: writer(tmp, arr, aff), volume_format(p))
     return p
 
 
@@ -318,7 +344,7 @@ def save_volume(
     _check_finite(arr, p)
     aff = _check_affine(affine)
     writer = _write_nrrd if volume_format(p) == ".nrrd" else _write_nifti
-    _write_atomic(p, lambda tmp: writer(tmp, arr, aff))
+    write_atomic(p, lambda tmp: writer(tmp, arr, aff), volume_format(p))
     return p
 
 
@@ -338,5 +364,5 @@ def save_samples(path: str | os.PathLike[str], samples: np.ndarray, affine: np.n
         raise ValueError(f"samples must be a (K, X, Y, Z) stack, got shape {arr.shape}")
     _check_finite(arr, p)
     aff = _check_affine(affine)
-    _write_atomic(p, lambda tmp: _write_nifti(tmp, np.moveaxis(arr, 0, -1), aff))
+    write_atomic(p, lambda tmp: _write_nifti(tmp, np.moveaxis(arr, 0, -1), aff), volume_format(p))
     return p

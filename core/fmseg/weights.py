@@ -115,7 +115,11 @@ def load_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, non-torch files
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+        # torch's message for a refused pickle advises weights_only=False (arbitrary code
+        # execution): never pass that on; say what is wrong with the file instead
+        raise WeightsError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt, or holds more than tensors)"
+        ) from err
     if source.key is not None:
         if not isinstance(state, dict) or source.key not in state:
             raise WeightsError(f"{path} has no '{source.key}' entry")

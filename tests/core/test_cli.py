@@ -1,7 +1,9 @@
 import nibabel as nib
 import numpy as np
 
-from fmseg.cli import _parser, _prompts, main
+from fmseg.cli import main
+from fmseg.cli.app import build_parser
+from fmseg.cli.segment import prompts_from_args
 
 
 def _write(tmp_path):
@@ -30,7 +32,7 @@ def test_missing_file_is_reported(tmp_path, capsys):
 
 
 def test_cli_coordinates_are_voxel_indices_of_remaining_axes():
-    args = _parser().parse_args(
+    args = build_parser().parse_args(
         [
             "segment",
             "x.nii",
@@ -51,7 +53,7 @@ def test_cli_coordinates_are_voxel_indices_of_remaining_axes():
             "6",
         ]
     )
-    p = _prompts(args)
+    p = prompts_from_args(args)
     # slice rows = first remaining axis (A), columns = second (B): x = B, y = A
     assert (p.box.x0, p.box.y0, p.box.x1, p.box.y1) == (2, 1, 20, 10)
     assert [(q.x, q.y, q.positive) for q in p.points] == [(4, 3, True), (6, 5, False)]

@@ -1,5 +1,8 @@
 """``fmseg adapt`` and ``fmseg segment --adapter`` end to end, on tiny random-weight bases."""
 
+import os
+import stat
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -81,3 +84,20 @@ def test_adapt_refuses_a_head_that_does_not_fit_before_training(tmp_path, capsys
     assert main([*args, "--method", "lora", "--where", "both", "--head", "auto"]) == 2
     assert "head='auto' does not fit 'lora' (where='both')" in capsys.readouterr().err
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_adapter_and_mask_files_follow_the_umask(tmp_path):
+    img, lab = _files(tmp_path)
+    adapter, out = tmp_path / "a.pt", tmp_path / "m.nii.gz"
+    train = ["adapt", "--train", f"{img}:{lab}:1,3", "--label", "2", "--axis", "0", "--steps", "2"]
+    old = os.umask(0o022)
+    try:
+        assert main([*train, "--method", "linear-probe", "--out", str(adapter)]) == 0
+        assert (
+            main(["segment", str(img), "--adapter", str(adapter), "--axis", "0", "--out", str(out)])
+            == 0
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(adapter.stat().st_mode) == 0o644
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

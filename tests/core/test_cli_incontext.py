@@ -1,9 +1,12 @@
+import os
+import stat
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from fmseg.cli import main
-from fmseg.cli_incontext import parse_slices
+from fmseg.cli.common import parse_slices
 from fmseg.incontext import SupportSet
 
 
@@ -109,3 +112,19 @@ def test_uncertainty_cli_needs_an_output(tmp_path, capsys):
     img, lab, _ = _cone(tmp_path, "a")
     assert main(["uncertainty", "--support", f"{img}:{lab}:5", "--query", str(img)]) == 2
     assert "--samples" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_follow_the_umask(tmp_path, umask, mode):
+    img, lab, _ = _cone(tmp_path, "a")
+    out, prob = tmp_path / "out.nii.gz", tmp_path / "prob.nrrd"
+    args = ["incontext", "--support", f"{img}:{lab}:3,8,13", "--query", str(img)]
+    old = os.umask(umask)
+    try:
+        assert (
+            main([*args, "--backend", "nearest", "--out", str(out), "--prob-out", str(prob)]) == 0
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+    assert stat.S_IMODE(prob.stat().st_mode) == mode

@@ -8,7 +8,6 @@ the base: an adapter trained on other weights is refused with a clear message.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -150,15 +149,10 @@ def train_adapter_iter(
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
+    from ..io import write_atomic  # the one atomic writer: temp file, umask's mode, replace
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp), ".part")
 
 
 def save_adapter(path: str | os.PathLike, model: AdaptedModel, metrics: dict | None = None):

@@ -13,11 +13,12 @@ import argparse
 import sys
 import time
 
-from . import uncertainty as U
-from .cli_incontext import _print_progress, build_support
-from .incontext import SAMPLERS, build_sampler, sample_volume_iter
-from .io import load_volume, save_samples, save_volume
-from .progress import drain
+from .. import uncertainty as U
+from ..incontext import SAMPLERS, build_sampler, sample_volume_iter
+from ..io import save_samples, save_volume
+from ..progress import drain
+from .common import add_device, add_window, print_progress
+from .files import NIFTI, VOLUME, build_support, check_outputs, read_volume
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,26 +32,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sampler", default="tyche-small", choices=sorted(SAMPLERS))
     s.add_argument("--k", type=int, default=8, help="samples (default 8)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    add_window(s)
     s.add_argument("--samples", help="4D NIfTI of the K sample probabilities")
     s.add_argument("--mean", help="mean probability (NIfTI/NRRD)")
     s.add_argument("--entropy", help="entropy of the mean, bits in [0, 1] (NIfTI/NRRD)")
     s.add_argument("--checkpoint", help="weights for tyche-v1")
-    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device(s)
+    s.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fmseg uncertainty``; returns K."""
     if not (args.samples or args.mean or args.entropy):
         raise ValueError("give at least one of --samples, --mean, --entropy")
-    args.save_support = None
+    check_outputs(args, samples=NIFTI, mean=VOLUME, entropy=VOLUME)
     support = build_support(args)
-    query = load_volume(args.query)
+    query = read_volume(args.query)
     sampler = build_sampler(args.sampler, args.k, args.device, checkpoint=args.checkpoint,
                             seed=args.seed)  # fmt: skip
     t0 = time.perf_counter()
     work = sample_volume_iter(sampler, support, query.array, args.axis, args.window, args.label)
-    samples = drain(work, _print_progress)
+    samples = drain(work, print_progress)
     if args.samples:
         save_samples(args.samples, samples, query.affine)
     if args.mean:

@@ -1,6 +1,6 @@
-"""``fmseg adapt``: few-shot adapter training on annotated images; applying adapters.
+"""``fmseg adapt``: few-shot adapter training on annotated images.
 
-Examples::
+Examples (``fmseg segment --adapter`` applies the file)::
 
     fmseg adapt --train t1.nii.gz:aal.nii.gz:60,70,80,90,100 --label 1 --axis 2 \
         --base litemedsam --method decoder --out precentral.pt
@@ -14,24 +14,14 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
-from .adapters.api import load_adapter, save_adapter, train_adapter_iter
-from .adapters.data import Annotation
-from .adapters.facade import (
-    HEADS,
-    THRESHOLD,
-    WHERES,
-    adapter_bases,
-    apply_iter,
-    default_settings,
-    resolve_config,
-)
-from .adapters.methods import METHODS
-from .adapters.trainer import TrainSettings, TrainStep
-from .cli_incontext import parse_slices
-from .io import Volume, load_volume, save_labels
-from .progress import Progress, drain
+from ..adapters.api import save_adapter, train_adapter_iter
+from ..adapters.data import Annotation
+from ..adapters.facade import HEADS, WHERES, adapter_bases, default_settings, resolve_config
+from ..adapters.methods import METHODS
+from ..adapters.trainer import TrainSettings
+from ..progress import drain
+from .common import add_device, print_progress
+from .files import ADAPTER, check_outputs, read_pair
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,37 +47,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--patch", type=int, default=64, help="3D patch side (multiple of 16)")
     s.add_argument("--checkpoint", help="base weights for models without bundled weights")
-    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_device(s)
     s.add_argument("--out", required=True, help="adapter file to write (.pt)")
+    s.set_defaults(run=run)
 
 
 def _annotations(args: argparse.Namespace) -> list[Annotation]:
     out = []
     for spec in args.train:
-        parts = spec.split(":")
-        if len(parts) not in (2, 3):
-            raise ValueError(f"--train '{spec}': expected IMG:LABEL or IMG:LABEL:SLICES")
-        img, lab = load_volume(parts[0]), load_volume(parts[1])
-        slices = tuple(parse_slices(parts[2])) if len(parts) == 3 else None
-        labels = np.rint(lab.array).astype(np.int32)
-        out.append(Annotation(img.array, labels, args.label, args.axis, slices, img.spacing))
+        image, labels, slices = read_pair(spec, "--train", "LABEL")
+        slices = None if slices is None else tuple(slices)
+        out.append(Annotation(image.array, labels, args.label, args.axis, slices, image.spacing))
     return out
-
-
-def _report(step: Progress) -> None:
-    if isinstance(step, TrainStep):
-        val = "" if step.val_dice is None else f", val Dice {step.val_dice:.3f}"
-        print(
-            f"\rstep {step.done}/{step.total}: loss {step.loss:.4f}{val}   ",
-            end="",
-            file=sys.stderr,
-        )
-    else:
-        print(f"\r{step.message} ({100 * step.fraction:.0f}%)", end="", file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> dict:
     """Run ``fmseg adapt``; returns the metrics written into the adapter file."""
+    check_outputs(args, out=ADAPTER)
     config = resolve_config(
         args.base, args.method, args.where, args.head, rank=args.rank, alpha=2 * args.rank
     )
@@ -100,20 +76,9 @@ def run(args: argparse.Namespace) -> dict:
         device=args.device,
         checkpoint=args.checkpoint,
     )
-    result = drain(work, _report)
+    result = drain(work, print_progress)
     metrics = result.metrics()
     save_adapter(args.out, result.model, metrics)
     print(f"\nwrote {args.out}", file=sys.stderr)
     print(json.dumps(metrics))
     return metrics
-
-
-def segment_with_adapter(args: argparse.Namespace, vol: Volume) -> int:
-    """Prompt-free ``fmseg segment --adapter``: every slice (2D auto head) or the volume (3D)."""
-    model = load_adapter(args.adapter, device=args.device, checkpoint=args.checkpoint)
-    prob = drain(apply_iter(model, vol.array, args.axis, spacing=vol.spacing), _report)
-    labels = (prob > THRESHOLD).astype(np.uint16) * args.label
-    save_labels(args.out, labels, vol.affine)
-    n = int((labels > 0).sum())
-    print(f"\nwrote {args.out}: {n} voxels", file=sys.stderr)
-    return n

@@ -12,11 +12,11 @@ import argparse
 import sys
 import time
 
-import numpy as np
-
-from .incontext import BACKENDS, SupportSet, add_slice, build_backend, segment_volume_iter
-from .io import load_volume, save_labels, save_volume
-from .progress import Progress, drain
+from ..incontext import BACKENDS, build_backend, segment_volume_iter
+from ..io import save_labels, save_volume
+from ..progress import drain
+from .common import add_device, add_window, print_progress
+from .files import VOLUME, build_support, check_outputs, read_volume
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,55 +41,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", help="weights for universeg-v1 (universeg_v1_nf64_ss64_STA.pt)")
     s.add_argument("--ensemble", type=int, default=1, help="random support subsets averaged")
     s.add_argument("--subset", type=int, help="supports per ensemble member")
-    s.add_argument(
-        "--window",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="intensity window for supports and query (default: each volume's 0.5-99.5 %%)",
+    add_window(
+        s,
+        "intensity window for supports and query (default: each volume's 0.5-99.5 %%)",
     )
-    s.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-
-
-def parse_slices(text: str) -> list[int]:
-    """``"10,20,30-32"`` -> ``[10, 20, 30, 31, 32]``."""
-    out: list[int] = []
-    for part in filter(None, text.split(",")):
-        a, _, b = part.partition("-")
-        try:
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-        except ValueError:
-            raise ValueError(f"bad slice list '{text}': use e.g. 10,20,30-34") from None
-    return out
-
-
-def build_support(args: argparse.Namespace) -> SupportSet:
-    """The support set from ``--load-support`` and every ``--support``."""
-    support = SupportSet.load(args.load_support) if args.load_support else SupportSet()
-    for spec in args.support:
-        parts = spec.split(":")
-        if len(parts) not in (2, 3):
-            raise ValueError(f"--support '{spec}': expected IMG:MASK or IMG:MASK:SLICES")
-        img, lab = load_volume(parts[0]), load_volume(parts[1])
-        labels = np.rint(lab.array).astype(np.int32)
-        if len(parts) == 3:
-            slices = parse_slices(parts[2])
-        else:
-            other = tuple(a for a in range(3) if a != args.axis)
-            slices = np.flatnonzero(labels.any(axis=other)).tolist()
-        for i in slices:
-            add_slice(support, img.array, labels, args.axis, i, args.window)
-    if len(support) == 0:
-        raise ValueError("no support slices: give --support IMG:MASK[:SLICES] or --load-support")
-    return support
+    add_device(s)
+    s.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fmseg incontext``; returns the number of labelled voxels written."""
+    check_outputs(args, out=VOLUME, prob_out=VOLUME, save_support=None)
     support = build_support(args)
+    if args.prob_out and args.label is None and len(support.label_values) != 1:
+        raise ValueError("--prob-out needs exactly one label (use --label)")
     if args.save_support:
         support.save(args.save_support)
-    query = load_volume(args.query)
+    query = read_volume(args.query)
     backend = build_backend(
         args.backend,
         args.device,
@@ -99,11 +67,9 @@ def run(args: argparse.Namespace) -> int:
     )
     t0 = time.perf_counter()
     work = segment_volume_iter(backend, support, query.array, args.axis, args.window, args.label)
-    res = drain(work, _print_progress)
+    res = drain(work, print_progress)
     save_labels(args.out, res.labels, query.affine)
     if args.prob_out:
-        if len(res.probs) != 1:
-            raise ValueError("--prob-out needs exactly one label (use --label)")
         save_volume(args.prob_out, next(iter(res.probs.values())), query.affine)
     n = int((res.labels > 0).sum())
     print(
@@ -112,7 +78,3 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return n
-
-
-def _print_progress(step: Progress) -> None:
-    print(f"\r{step.message} ({100 * step.fraction:.0f}%)", end="", file=sys.stderr, flush=True)
