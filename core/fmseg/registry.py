@@ -248,7 +248,10 @@ def load_model(
     spec = get_spec(name, registry)
     model = spec.builder(tiny)
     if not tiny:
-        source = WeightsSource("file", str(checkpoint)) if checkpoint else spec.weights
+        source = spec.weights
+        if checkpoint:  # the user's file: laid out like the registered one, or a bare state dict
+            key = spec.weights.key if spec.weights is not None else None
+            source = WeightsSource("file", str(checkpoint), key=key)
         if source is None:
             raise WeightsError(f"model '{name}' needs a checkpoint file: pass checkpoint=PATH")
         if spec.kind == "volumetric" and spec.weights is None:

@@ -121,9 +121,13 @@ def load_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
             f"{path} is not a readable PyTorch checkpoint (corrupt, or holds more than tensors)"
         ) from err
     if source.key is not None:
-        if not isinstance(state, dict) or source.key not in state:
+        bare = source.kind == "file" and isinstance(state, dict) and source.key not in state
+        if bare and all(isinstance(v, torch.Tensor) for v in state.values()):
+            pass  # a local file may also hold the state dict itself
+        elif not isinstance(state, dict) or source.key not in state:
             raise WeightsError(f"{path} has no '{source.key}' entry")
-        state = state[source.key]
+        else:
+            state = state[source.key]
     if not isinstance(state, dict):
         raise WeightsError(f"{path} does not hold a state dict")
     return state

@@ -17,58 +17,6 @@ VIT_B_PARAMS = 89_670_912
 VIT_B_GLOBAL = (2, 5, 8, 11)
 
 
-def vit_b_expected_shapes() -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the ``image_encoder.*`` tensors of ``sam_vit_b_01ec64.pth``.
-
-    Written out from the public reference (segment_anything/modeling/image_encoder.py with
-    build_sam_vit_b: embed 768, depth 12, heads 12 -> head_dim 64, window 14, global blocks
-    2/5/8/11, 64x64 token grid), prefix ``image_encoder.`` stripped.
-    """
-    shapes: dict[str, tuple[int, ...]] = {
-        "pos_embed": (1, 64, 64, 768),
-        "patch_embed.proj.weight": (768, 3, 16, 16),
-        "patch_embed.proj.bias": (768,),
-    }
-    for i in range(12):
-        rel = 127 if i in VIT_B_GLOBAL else 27  # 2 * 64 - 1 (global) or 2 * 14 - 1 (window)
-        p = f"blocks.{i}."
-        shapes.update(
-            {
-                p + "norm1.weight": (768,),
-                p + "norm1.bias": (768,),
-                p + "attn.rel_pos_h": (rel, 64),
-                p + "attn.rel_pos_w": (rel, 64),
-                p + "attn.qkv.weight": (2304, 768),
-                p + "attn.qkv.bias": (2304,),
-                p + "attn.proj.weight": (768, 768),
-                p + "attn.proj.bias": (768,),
-                p + "norm2.weight": (768,),
-                p + "norm2.bias": (768,),
-                p + "mlp.lin1.weight": (3072, 768),
-                p + "mlp.lin1.bias": (3072,),
-                p + "mlp.lin2.weight": (768, 3072),
-                p + "mlp.lin2.bias": (768,),
-            }
-        )
-    shapes.update(
-        {
-            "neck.0.weight": (256, 768, 1, 1),
-            "neck.1.weight": (256,),
-            "neck.1.bias": (256,),
-            "neck.2.weight": (256, 256, 3, 3),
-            "neck.3.weight": (256,),
-            "neck.3.bias": (256,),
-        }
-    )
-    return shapes
-
-
-def synthetic_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """Deterministic random tensors with the given names and shapes."""
-    gen = torch.Generator().manual_seed(0)
-    return {name: torch.randn(shape, generator=gen) for name, shape in shapes.items()}
-
-
 def tiny_encoder(**overrides: object) -> ImageEncoderViT:
     """A small encoder: 64 px, 4x4 tokens, window 4 with one global block."""
     kwargs: dict[str, object] = {
@@ -92,38 +40,14 @@ def tiny_encoder(**overrides: object) -> ImageEncoderViT:
     return enc.eval()
 
 
-def test_vit_b_expected_shapes_param_count() -> None:
-    total = sum(torch.Size(s).numel() for s in vit_b_expected_shapes().values())
-    assert total == VIT_B_PARAMS
-
-
 @pytest.fixture(scope="module")
 def vit_b() -> ImageEncoderViT:
     return ImageEncoderViT()
 
 
-def test_vit_b_state_dict_layout(vit_b: ImageEncoderViT) -> None:
-    ours = {k: tuple(v.shape) for k, v in vit_b.state_dict().items()}
-    assert ours == vit_b_expected_shapes()
+def test_vit_b_parameter_count(vit_b: ImageEncoderViT) -> None:
+    # Layout and numbers against the reference: test_parity.py.
     assert sum(p.numel() for p in vit_b.parameters()) == VIT_B_PARAMS
-
-
-def test_vit_b_loads_synthetic_checkpoint_strict(vit_b: ImageEncoderViT) -> None:
-    state = synthetic_state_dict(vit_b_expected_shapes())
-    result = vit_b.load_state_dict(state, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    torch.testing.assert_close(vit_b.blocks[5].attn.rel_pos_h, state["blocks.5.attn.rel_pos_h"])
-    torch.testing.assert_close(vit_b.neck[2].weight, state["neck.2.weight"])
-
-
-def test_vit_b_loads_prefixed_checkpoint(vit_b: ImageEncoderViT) -> None:
-    full = {
-        "image_encoder." + k: v for k, v in synthetic_state_dict(vit_b_expected_shapes()).items()
-    }
-    full["mask_decoder.iou_token.weight"] = torch.zeros(1, 256)  # other SAM parts are ignored
-    prefix = "image_encoder."
-    encoder_state = {k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)}
-    vit_b.load_state_dict(encoder_state, strict=True)
 
 
 def test_vit_b_block_kinds(vit_b: ImageEncoderViT) -> None:

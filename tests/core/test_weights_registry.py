@@ -102,3 +102,18 @@ def test_real_litemedsam_loads_strict_from_package():
     own = model.state_dict()
     assert set(ckpt) == set(own)
     assert all(torch.equal(own[k], v) for k, v in ckpt.items())
+
+
+def test_user_checkpoint_in_the_registered_layout_or_bare(tmp_path):
+    """checkpoint=PATH accepts a file laid out like the registered weights ({"model": ...})."""
+    import torch
+
+    from fmseg.registry import load_model
+
+    ref = load_model("incontext-small", device="cpu")
+    state = {k: v + 0.01 for k, v in ref.state_dict().items()}
+    torch.save({"model": state, "meta": {"step": 1}}, tmp_path / "wrapped.pt")
+    torch.save(state, tmp_path / "bare.pt")
+    for name in ("wrapped.pt", "bare.pt"):
+        got = load_model("incontext-small", checkpoint=tmp_path / name, device="cpu")
+        assert all(torch.equal(got.state_dict()[k], v) for k, v in state.items())
