@@ -6,7 +6,7 @@ Run from the repository root under an X server (napari needs one to draw)::
 
 It opens napari with the shipped liver CT and an "annotations" layer holding the ground-truth
 labels on a few axial slices only (the rest unlabelled, as a clinician would leave them), docks
-the widget through the plugin manifest, trains a real LiteMedSAM adapter (``spatial-adapter``
+fmseg (its Adapt tab) through the manifest, trains a real LiteMedSAM adapter (``spatial-adapter``
 with the prompt-free head by default; decoder-side methods get a "boxes" Shapes layer with the
 ground truth's box on every slice) for the liver (label 1), applies it to the whole volume,
 shows a slice between two annotated ones, and saves ``docs/screenshot_adapter.png``. It prints
@@ -61,8 +61,9 @@ def main() -> None:
     image = viewer.layers["sample_ct"]
     geometry = {"scale": image.scale, "translate": image.translate}
     annotations = viewer.add_labels(sparse, name="annotations", **geometry)
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "Adapt (few-shot training)")
-    widget._image.value, widget._labels.value = image, annotations
+    _, dock = viewer.window.add_plugin_dock_widget("fmseg")
+    widget = dock.show_tool("Adapt")
+    widget._image.value, widget._annotations.value = image, annotations
     widget._label.value = args.label
     widget._method.value = args.method  # the widget picks the head that fits the method
     widget._steps.value = args.steps

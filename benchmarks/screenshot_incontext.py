@@ -5,7 +5,7 @@ Run from the repository root under an X server (napari needs one to draw)::
     xvfb-run -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshot_incontext.py
 
 It opens napari with the shipped liver CT and its ground-truth labels (as the clinician's
-"annotations" layer), docks the widget through the plugin manifest, adds a few axial slices of
+"annotations" layer), docks fmseg through the plugin manifest, adds a few axial slices of
 the liver (label 1) to the support set, segments the whole volume with a fast baseline backend
 (``interpolation`` by default; no weights needed), shows the result on a slice between two
 supports, and saves ``docs/screenshot_incontext.png``. It prints JSON: the slices used, the
@@ -58,12 +58,13 @@ def liver_supports(widget_name: str, slices: list[int]):
     image = viewer.layers["sample_ct"]
     geometry = {"scale": image.scale, "translate": image.translate}
     annotations = viewer.add_labels(truth.astype(np.int32), name="annotations", **geometry)
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", widget_name)
-    widget._labels.value = annotations
-    widget._label.value = 1  # the liver
+    _, dock = viewer.window.add_plugin_dock_widget("fmseg")
+    widget = dock.show_tool(widget_name)
+    widget.panel._annotations.value = annotations  # the support set the two tools share
+    widget.panel._label.value = 1  # the liver
     for z in slices:
         viewer.dims.set_current_step(0, z)
-        if not widget.add_current_slice():
+        if not widget.panel.add_current_slice():
             raise SystemExit(widget.status.value)
     return viewer, widget, truth
 

@@ -4,7 +4,7 @@ Run from the repository root under an X server (napari needs one to draw)::
 
     xvfb-run -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshot_napari.py
 
-It opens napari with the shipped liver CT, docks the widget through the plugin manifest,
+It opens napari with the shipped liver CT, docks fmseg (Segment tab) via the manifest,
 segments the liver on a middle axial slice from a box around it (the box comes from the
 sample's ground-truth labels, so the figure is reproducible), commits it as label 1, then
 draws a second box around the largest tumour so that a live, uncommitted object is shown too,
@@ -63,7 +63,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def segment_box(viewer, widget, z: int, box: tuple[int, int, int, int]) -> float:
     """Draw a box on slice ``z`` and wait for the model's mask; returns the latency (s)."""
     widget.layers["box"].add_rectangles(rectangle(z, box))
-    return wait_until(lambda: widget._job is None and widget.layers["object"].data[z].any())
+    return wait_until(lambda: not widget.jobs.running and widget.layers["object"].data[z].any())
 
 
 def main() -> None:
@@ -80,7 +80,8 @@ def main() -> None:
     viewer = napari.Viewer(title="fmseg")
     viewer.window.resize(1600, 1000)
     viewer.open_sample("fmseg", "sample_ct")
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "Segment")
+    _, dock = viewer.window.add_plugin_dock_widget("fmseg")
+    widget = dock.show_tool("Segment")
     z = args.slice
     viewer.dims.set_current_step(0, z)
 
@@ -92,8 +93,9 @@ def main() -> None:
     times["liver_box_to_mask_s"] = segment_box(viewer, widget, z, bbox(truth[z] > 0))
     if args.propagate:
         widget.propagate()
-        times["propagate_s"] = wait_until(lambda: widget._job is None)
+        times["propagate_s"] = wait_until(lambda: not widget.jobs.running)
     widget.commit()
+    wait_until(lambda: not widget.jobs.running)
     widget._label.value = 2
     widget._overwrite.value = True
     tumour = largest_component(truth[z] == 2)
@@ -102,10 +104,10 @@ def main() -> None:
     viewer.screenshot(str(args.out), canvas_only=False)
     times["total_s"] = time.monotonic() - t0
     if args.full:
-        times["all_slices_embedded_s"] = wait_until(lambda: widget._embedder is None)
+        times["all_slices_embedded_s"] = wait_until(lambda: not widget.embedding.busy)
         y, x = np.argwhere(tumour).mean(axis=0).round()
         widget.layers["points"].add([z, y, x])
-        times["click_to_mask_idle_s"] = wait_until(lambda: widget._job is None)
+        times["click_to_mask_idle_s"] = wait_until(lambda: not widget.jobs.running)
     widget.cancel()
     wait_until(lambda: not widget.busy)
     print(json.dumps({k: round(v, 2) for k, v in times.items()} | {"out": str(args.out)}))

@@ -5,7 +5,7 @@ Run from the repository root under an X server (napari needs one to draw)::
     xvfb-run -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/screenshot_uncertainty.py
 
 It opens napari with the shipped liver CT and its ground-truth labels (as the clinician's
-"annotations" layer), docks the widget through the plugin manifest, adds a few axial slices of
+"annotations" layer), docks fmseg through the plugin manifest, adds a few axial slices of
 the liver (label 1) to the support set, samples the whole volume with a fast sampler
 (``interpolation+tta``, K = 8 by default; no weights needed), shows the entropy heat map over
 the CT on a slice between two supports, and saves ``docs/screenshot_uncertainty.png``. It

@@ -6,19 +6,20 @@ pairs, a base model (LiteMedSAM in 2D, HD-BET in 3D) and an adaptation method of
 (:mod:`._worker`) and feeds a live plot of loss and validation Dice; the plot and the pure
 layer-to-training-data helpers live in :mod:`._adapter_plot`.
 The adapter is saved to / loaded from a small file (:mod:`fmseg.adapters.api`, atomic writes)
-and applied to the chosen image in a worker; the result goes into the "fmseg adapter" Labels
-layer with the In-context widget's undo, never into the annotations.
+and applied to the chosen image in a worker (:class:`~._worker.JobRunner`); the result goes
+into the "fmseg adapter" Labels layer (:class:`~._output.OutputLayer`, undoable), never into
+the annotations.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui import widgets as mw
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Shapes
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QAbstractSpinBox, QListWidget
 
@@ -31,10 +32,17 @@ from fmseg.registry import REGISTRY
 
 from . import _layers as L
 from ._adapter_plot import Pair, TrainingPlot, boxes_from_shapes, describe_adapter
-from ._dialogs import ask_path
-from ._incontext_widget import AXES, InContextWidget, Region
-from ._status import StatusContainer
-from ._worker import call_work, run_work
+from ._controls import (
+    StatusLine,
+    annotations_box,
+    button_row,
+    layer_box,
+    on_layers_changed,
+    qt_panel,
+)
+from ._dialogs import ask_then
+from ._output import OutputLayer, Write, plan_on_slices
+from ._worker import JobRunner, call_work, then
 
 if TYPE_CHECKING:
     import napari
@@ -42,7 +50,7 @@ if TYPE_CHECKING:
     from fmseg.adapters.bases import AdaptedModel
     from fmseg.adapters.trainer import AdaptResult
 
-OUTPUT_LAYER = "fmseg adapter"
+OUTPUT_LAYER = L.ADAPTER_LAYER
 ANNOTATED = (("labelled slices only", False), ("whole volume", True))
 _ROWS = (
     (("Add pair to list", "add_pair"), ("Remove selected", "remove_selected")),
@@ -52,7 +60,7 @@ _ROWS = (
 )
 
 
-class AdapterWidget(StatusContainer):
+class AdapterWidget(mw.Container):
     """Train a few-shot adapter on annotated layers, save/load it, apply it to an image.
 
     Args:
@@ -68,23 +76,17 @@ class AdapterWidget(StatusContainer):
         self.adapter: AdaptedModel | None = None
         self.metrics: dict = {}
         self.history: list[dict] = []
-        self._job: Any = None
-        self._job_name = ""
-        self._undo: list[tuple[Labels, Region, np.ndarray]] = []
+        self.status = StatusLine("Label a few slices, then press Start training.")
+        self.jobs = JobRunner(self.status)
+        self.output = OutputLayer(viewer, OUTPUT_LAYER, self.status)
         self._build()
 
-    # Shared with the In-context widget: undoable writes (same ``_undo`` records), the slice shown.
-    _write = InContextWidget._write
-    undo = InContextWidget.undo
-    current_slice = InContextWidget.current_slice
-
     def _build(self) -> None:
-        self._image = mw.ComboBox(label="image", choices=functools.partial(self._choices, Image))
-        self._labels = mw.ComboBox(
-            label="annotations", choices=functools.partial(self._choices, Labels)
-        )
+        viewer = self._viewer
+        self._image = layer_box(viewer, "image", Image, exclude=L.UNCERTAINTY_IMAGES)
+        self._annotations = annotations_box(viewer, exclude=(OUTPUT_LAYER,))
         self._label = mw.SpinBox(label="label value", min=1, max=65535, value=1)
-        self._axis = mw.ComboBox(label="slicing axis", choices=AXES, value=0)
+        self._axis = mw.ComboBox(label="slicing axis", choices=L.AXES, value=0)
         self._whole = mw.ComboBox(label="annotated", choices=ANNOTATED, value=False)
         self._whole.tooltip = "labelled slices only: slices without any label are unknown"
         self.pair_list = QListWidget()  # public: tests read it
@@ -109,55 +111,28 @@ class AdapterWidget(StatusContainer):
         self._steps = mw.SpinBox(label="steps", min=1, max=100_000, value=TrainSettings.steps)
         self._lr = mw.FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-6)
         self._lr.native.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
-        self._bar = mw.ProgressBar(label="progress", visible=False)
         self.plot = TrainingPlot()  # public: tests read its points
         self.info = mw.Label(value="No adapter yet.")  # public: the adapter's summary
-        self._boxes = mw.ComboBox(
-            label="boxes", choices=functools.partial(self._choices, Shapes), nullable=True
-        )
+        self.info.native.setWordWrap(True)
+        self._boxes = layer_box(viewer, "boxes", Shapes, nullable=True)
         self._boxes.tooltip = "Shapes layer with a rectangle per slice (for box-head adapters)"
-        self.status = mw.Label(value="Label a few slices, then press Start training.")
-        for label in (self.info, self.status):
-            label.native.setWordWrap(True)
-        rows = [self._row(r) for r in _ROWS]
+        rows = [button_row(self, row) for row in _ROWS]
         self.extend(
-            [self._image, self._labels, self._label, self._axis, self._whole, rows[0]]
-            + [self._panel("training list", self.pair_list), self._base, self._method]
-            + [self._where, self._head, self._steps, self._lr, rows[1], self._bar]
-            + [self._panel("", self.plot), self.info, rows[2], self._boxes, rows[3], self.status]
+            [self._image, self._annotations, self._label, self._axis, self._whole, rows[0]]
+            + [qt_panel("training list", self.pair_list), self._base, self._method]
+            + [self._where, self._head, self._steps, self._lr, rows[1], self.jobs.bar]
+            + [qt_panel("", self.plot), self.info, rows[2], self._boxes, rows[3], self.status]
         )
         self._method.changed.connect(self._on_method)
         for combo in (self._base, self._where):
             combo.changed.connect(self._fit_choices)
         self._on_method()
-        for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
-            event.connect(self._on_layers_changed)
-
-    def _row(self, row: tuple[tuple[str, str], ...]) -> mw.Container:
-        buttons = [mw.PushButton(text=text) for text, _ in row]
-        for button, (_, method) in zip(buttons, row, strict=True):
-            button.changed.connect(lambda *_, m=method: getattr(self, m)())
-        return mw.Container(widgets=buttons, layout="horizontal", labels=False)
-
-    @staticmethod
-    def _panel(label: str, widget: Any) -> mw.Container:
-        panel = mw.Container(label=label, labels=False)
-        panel.native.layout().setContentsMargins(0, 0, 0, 0)
-        panel.native.layout().addWidget(widget)
-        return panel
-
-    def _choices(self, kind: type, _widget: Any = None) -> list[tuple[str, Any]]:
-        """Layers of ``kind`` for a combo box (never the output layer)."""
-        layers = self._viewer.layers
-        return [(x.name, x) for x in layers if isinstance(x, kind) and x.name != OUTPUT_LAYER]
+        on_layers_changed(viewer, self, self._on_layers_changed)
 
     def _on_layers_changed(self, event: Any) -> None:
-        for combo in (self._image, self._labels, self._boxes):
-            combo.reset_choices()
         if event.type == "removed":
             gone = event.value
             self.pairs = [p for p in self.pairs if gone not in (p.image, p.labels)]
-            self._undo = [u for u in self._undo if u[0] is not gone]
             self._refresh_list()
 
     def _on_method(self, *_: Any) -> None:
@@ -178,24 +153,23 @@ class AdapterWidget(StatusContainer):
     @property
     def busy(self) -> bool:
         """True while training, loading or applying runs (or, cancelled, ends its step)."""
-        return self._job is not None
+        return self.jobs.busy
 
-    def _idle(self) -> bool:
-        if self._job is not None:
-            return self._error(f"{self._job_name} is still running: wait for it, or press Cancel")
-        return True
+    def current_slice(self) -> int:
+        """Index along the slicing axis of the slice the viewer shows (of the chosen image)."""
+        return L.slice_at(self._image.value, self._viewer.dims.point, self._axis.value)
 
     # --- training data ---------------------------------------------------------------------
 
     def current_pair(self) -> Pair | None:
         """The image/annotations pair chosen above, checked (None after saying why)."""
-        image, labels = self._image.value, self._labels.value
+        image, labels = self._image.value, self._annotations.value
         if image is None or labels is None:
-            self._error("choose an image and a Labels layer with the annotated slices")
+            self.status.error("choose an image and a Labels layer with the annotated slices")
             return None
         pair = Pair(image, labels, int(self._label.value), int(self._axis.value), self._whole.value)
         if problem := pair.problem():
-            self._error(problem)
+            self.status.error(problem)
             return None
         return pair
 
@@ -206,18 +180,18 @@ class AdapterWidget(StatusContainer):
         self.pairs = [p for p in self.pairs if (p.image, p.labels) != (pair.image, pair.labels)]
         self.pairs.append(pair)
         self._refresh_list()
-        self._say(f"{len(self.pairs)} image(s) in the training list.")
+        self.status.say(f"{len(self.pairs)} image(s) in the training list.")
         return True
 
     def remove_selected(self) -> None:
         """Remove the pairs selected in the training list."""
         rows = {i.row() for i in self.pair_list.selectedIndexes()}
         if not rows:
-            self._error("select pairs in the training list first")
+            self.status.error("select pairs in the training list first")
             return
         self.pairs = [p for i, p in enumerate(self.pairs) if i not in rows]
         self._refresh_list()
-        self._say(f"Removed {len(rows)}: {len(self.pairs)} image(s) in the training list.")
+        self.status.say(f"Removed {len(rows)}: {len(self.pairs)} image(s) in the training list.")
 
     def _refresh_list(self) -> None:
         self.pair_list.clear()
@@ -231,11 +205,11 @@ class AdapterWidget(StatusContainer):
             return None if pair is None else [pair]
         for pair in self.pairs:
             if problem := pair.problem():
-                self._error(problem)
+                self.status.error(problem)
                 return None
         volumetric = facade.base_dims(str(self._base.value)) == 3
         if volumetric and len({p.axis for p in self.pairs}) > 1:
-            self._error("a 3D base needs every pair annotated along the same slicing axis")
+            self.status.error("a 3D base needs every pair annotated along the same slicing axis")
             return None
         return self.pairs
 
@@ -255,101 +229,83 @@ class AdapterWidget(StatusContainer):
 
     def start(self) -> None:
         """Train an adapter on the training list (or the chosen pair) in a worker."""
-        if not self._idle() or (pairs := self._training_pairs()) is None:
+        if not self.jobs.idle() or (pairs := self._training_pairs()) is None:
             return
-        base, settings = str(self._base.value), self.settings()
-        work = api.train_adapter_iter(
-            [p.annotation() for p in pairs], base, self.config(), settings, tiny=self._tiny
-        )
+        base, config, settings = str(self._base.value), self.config(), self.settings()
+        tiny = self._tiny
+
+        def work() -> Work[AdaptResult]:  # in the worker: copying the labels takes a while
+            annotations = [p.annotation() for p in pairs]
+            return (yield from api.train_adapter_iter(annotations, base, config, settings, tiny))
+
         self.plot.reset(settings.steps)
-        self._say(f"training {self._method.value} on {base}: loading the model ...")
-        self._launch(work, "training", self._on_trained, self._on_train_step)
+        self.status.say(f"training {self._method.value} on {base}: loading the model ...")
+        self.jobs.run(work(), "training", self._on_trained, on_progress=self._on_train_step)
 
     def _on_train_step(self, step: Progress) -> None:
         if not isinstance(step, TrainStep):
-            self._say(f"training: {step.message}")
+            self.status.say(f"training: {step.message}")
             return
         self.plot.add(step.done, step.loss, step.val_dice)
         dice = "" if step.val_dice is None else f", validation Dice {step.val_dice:.3f}"
-        self._say(f"training: step {step.done}/{step.total}, loss {step.loss:.3f}{dice}")
+        self.status.say(f"training: step {step.done}/{step.total}, loss {step.loss:.3f}{dice}")
 
     def _on_trained(self, result: AdaptResult) -> None:
         self.adapter, self.history, self.metrics = result.model, result.history, result.metrics()
         self._show_adapter()
-        self._say(f"Trained in {result.wall_s:.1f} s: Save adapter, or apply it to an image.")
+        self.status.say(f"Trained in {result.wall_s:.1f} s: Save adapter, or apply it to an image.")
 
     def _show_adapter(self) -> None:
         self.info.value = describe_adapter(self.adapter, self.metrics)
 
-    def _launch(
-        self,
-        work: Work,
-        name: str,
-        on_done: Callable[[Any], None],
-        on_progress: Callable[[Progress], None] | None = None,
-    ) -> None:
-        worker = run_work(
-            work,
-            on_done=on_done,
-            on_error=lambda exc: self._error(f"{name} failed: {exc}"),
-            on_progress=on_progress or (lambda step: self._say(f"{name}: {step.message}")),
-            on_cancelled=lambda: self._say(f"{name} cancelled: nothing was changed."),
-            progress_bar=self._bar,
-            start=False,
-        )
-        worker.finished.connect(lambda: setattr(self, "_job", None))  # one job at a time
-        self._job, self._job_name = worker, name
-        worker.start()
-
     def cancel(self) -> None:
         """Stop the running work at its next step; the adapter and layers stay unchanged."""
-        if self._job is None:
-            self._say("Nothing to cancel.")
-            return
-        self._job.quit()
-        self._say("Cancelling ...")
+        self.jobs.cancel()
+
+    def undo(self) -> None:
+        """Restore the output layer as it was before the last apply."""
+        if self.jobs.idle():
+            self.output.undo()
 
     # --- adapter files -----------------------------------------------------------------------
 
     def save_adapter(self, path: str) -> bool:
         """Write the adapter to ``path`` (atomically: a cancelled or failed write leaves none)."""
-        if not self._idle():
+        if not self.jobs.idle():
             return False
         if self.adapter is None:
-            return self._error("no adapter to save: train or load one first")
+            return self.status.error("no adapter to save: train or load one first")
         try:
             written = api.save_adapter(path, self.adapter, self.metrics)
         except OSError as exc:
-            return self._error(f"could not save the adapter: {exc}")
-        self._say(f"Saved the adapter to {written}.")
+            return self.status.error(f"could not save the adapter: {exc}")
+        self.status.say(f"Saved the adapter to {written}.")
         return True
 
     def load_adapter(self, path: str) -> None:
         """Load an adapter file for the chosen base model (in a worker; refused if it differs)."""
-        if not self._idle():
+        if not self.jobs.idle():
             return
         base = str(self._base.value)
         work = call_work(
             lambda: api.load_adapter(path, base=base, tiny=self._tiny), f"loading {path}"
         )
-        self._launch(work, "loading the adapter", lambda model: self._on_loaded(model, path))
+        self.jobs.run(work, "loading the adapter", lambda model: self._on_loaded(model, path))
 
     def _on_loaded(self, model: AdaptedModel, path: str) -> None:
         self.adapter, self.history = model, []
         self.metrics = dict(model.metrics)
         self.plot.reset(1)
         self._show_adapter()
-        self._say(f"Loaded the adapter from {path}.")
+        self.status.say(f"Loaded the adapter from {path}.")
 
     def save_dialog(self) -> None:
         """Ask for a file name, then :meth:`save_adapter`."""
-        if path := ask_path(self.native, "Save adapter", "*.pt", save=True):
-            self.save_adapter(path)
+        ask_then(self.native, "Save adapter", "*.pt", self.save_adapter, save=True)
 
     def load_dialog(self) -> None:
         """Ask for an adapter file, then :meth:`load_adapter`."""
-        if path := ask_path(self.native, "Load adapter", "*.pt"):
-            self.load_adapter(path)
+        ask_then(self.native, "Load adapter", "*.pt", self.load_adapter)
 
     # --- applying ----------------------------------------------------------------------------
 
@@ -362,7 +318,7 @@ class AdapterWidget(StatusContainer):
         self._apply(whole=True)
 
     def _apply(self, whole: bool) -> None:
-        if not self._idle() or (image := self._apply_image()) is None:
+        if not self.jobs.idle() or (image := self._apply_image()) is None:
             return
         axis = int(self._axis.value) if image.ndim == 3 else 0
         index = self.current_slice() if image.ndim == 3 else 0
@@ -378,21 +334,25 @@ class AdapterWidget(StatusContainer):
         done[list(range(n)) if slices is None else slices] = True
         scale = tuple(float(s) for s in image.scale)
         spacing = ((1.0,) * (3 - len(scale)) + scale)[-3:]
-        work = facade.apply_iter(self.adapter, volume, axis, slices, boxes, spacing)
+        plan = functools.partial(
+            _apply_plan, self.output.target(), axis, done, int(self._label.value), image.ndim
+        )
+        applying = facade.apply_iter(self.adapter, volume, axis, slices, boxes, spacing)
+        work = then(applying, plan, f"writing into '{OUTPUT_LAYER}'")
         name = "apply to volume" if whole else f"apply to slice {index}"
-        self._say(f"{name} ...")
-        self._launch(work, name, lambda prob: self._on_applied(image, axis, done, prob))
+        self.status.say(f"{name} ...")
+        self.jobs.run(work, name, functools.partial(self._on_applied, image, name))
 
     def _apply_image(self) -> Image | None:
         image = self._image.value
         if self.adapter is None:
-            self._error("no adapter: train one, or load an adapter file")
+            self.status.error("no adapter: train one, or load an adapter file")
         elif image is None:
-            self._error("choose the image to apply the adapter to")
+            self.status.error("choose the image to apply the adapter to")
         elif image.rgb or image.ndim not in (2, 3):
-            self._error(f"'{image.name}' is not a 2D or 3D single-channel image")
-        elif (out := self._output_layer()) is not None and out.data.shape != image.data.shape:
-            self._error(f"'{OUTPUT_LAYER}' has another shape than '{image.name}': rename it")
+            self.status.error(f"'{image.name}' is not a 2D or 3D single-channel image")
+        elif problem := self.output.problem(image):
+            self.status.error(problem)
         else:
             return image
         return None
@@ -402,39 +362,52 @@ class AdapterWidget(StatusContainer):
         found = {} if shapes is None else boxes_from_shapes(shapes, image, axis, slices)
         if not found:
             where = "the current slice" if slices else "any slice"
-            self._error(
+            self.status.error(
                 f"this adapter uses box prompts: draw a rectangle on {where} in a Shapes layer "
                 "and choose it under 'boxes' (or train with head 'auto')"
             )
             return None
         return found
 
-    def _output_layer(self) -> Labels | None:
-        layers = self._viewer.layers
-        return next((x for x in layers if x.name == OUTPUT_LAYER and isinstance(x, Labels)), None)
-
-    def _on_applied(self, image: Image, axis: int, done: np.ndarray, prob: np.ndarray) -> None:
-        """Write the label on the slices run into the output layer, undoably (GUI thread)."""
-        if image not in self._viewer.layers or prob.size != image.data.size:
-            self._error("the image changed while applying the adapter: result dropped")
+    def _on_applied(self, image: Image, name: str, out: tuple[Write, int, int]) -> None:
+        """Copy the planned write into the output layer, undoably (GUI thread)."""
+        write, voxels, size = out
+        if image not in self._viewer.layers or size != image.data.size:
+            self.status.error("the image changed while applying the adapter: result dropped")
             return
-        if (layer := self._output_layer()) is None:
-            kwargs = {**L.geometry(image), "metadata": L.labels_metadata(image.metadata)}
-            zeros = np.zeros(image.data.shape, np.int32)
-            layer = self._viewer.add_labels(zeros, name=OUTPUT_LAYER, opacity=0.5, **kwargs)
-        value, run = int(self._label.value), np.flatnonzero(done)
-        region = [slice(0, n) for n in prob.shape]  # explicit starts: the undo box needs them
-        region[axis] = slice(int(run[0]), int(run[-1]) + 1)
-        on = done[region[axis]].reshape([-1 if a == axis else 1 for a in range(3)])
-        old = np.asarray(layer.data).reshape(prob.shape)[tuple(region)] == value
-        mask = np.where(on, prob[tuple(region)] > facade.THRESHOLD, old)
-        box = tuple(region)[3 - image.ndim :]
-        new = (mask * value).astype(np.int32).reshape(layer.data[box].shape)
-        n = self._write(layer, box, new, [value])
-        self._say(
-            f"{self._job_name}: {int(mask.sum())} voxels of label {value}; {n} voxels of "
+        n = self.output.apply(write, image)
+        value = int(write.values[0])
+        self.status.say(
+            f"{name}: {voxels} voxels of label {value}; {n} voxels of "
             f"'{OUTPUT_LAYER}' changed" + (" (Undo reverts)." if n else ".")
         )
+
+
+def _apply_plan(
+    target: Any, axis: int, done: np.ndarray, value: int, ndim: int, prob: np.ndarray
+) -> tuple[Write, int, int]:
+    """The write of the thresholded probability on the slices run (``done``), in the worker.
+
+    Args:
+        target: The output layer's data (None: no layer yet).
+        axis: The slicing axis of ``prob`` (3D; a 2D image is one slice along axis 0).
+        done: Boolean per slice along ``axis``: the slices run.
+        value: The label value written.
+        ndim: The image's number of dimensions (2 or 3).
+        prob: ``(D0, D1, D2)`` foreground probability.
+
+    Returns:
+        The planned write, the number of voxels of ``value`` after it, the size of ``prob``.
+    """
+    run = np.flatnonzero(done)
+    region = [slice(0, n) for n in prob.shape]  # explicit starts: the undo box needs them
+    region[axis] = slice(int(run[0]), int(run[-1]) + 1)
+    on = done[region[axis]].reshape([-1 if a == axis else 1 for a in range(3)])
+    mask = prob[tuple(region)] > facade.THRESHOLD
+    if ndim == 2:  # the image is the one slice along axis 0
+        region, on, mask = region[1:], on[0], mask[0]
+    write = plan_on_slices(target, tuple(region), on, mask, value)
+    return write, int(np.count_nonzero(write.result)), prob.size
 
 
 def _offer(combo: mw.ComboBox, allowed: Sequence[str]) -> None:

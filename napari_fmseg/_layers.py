@@ -17,11 +17,24 @@ import numpy as np
 from fmseg import get_spec
 from fmseg.prompts import Box, Point, Prompts
 
-#: Names of the layers the Segment widget manages.
+#: Names of the layers the Segment tool manages.
 PROMPTS_LAYER = "fmseg prompts"
 BOX_LAYER = "fmseg box"
 OBJECT_LAYER = "fmseg object"
 LABELS_LAYER = "fmseg labels"
+#: Output layers of the In-context, Uncertainty and Adapt tools.
+INCONTEXT_LAYER = "in-context"
+UNCERTAINTY_LAYER = "uncertainty result"
+ADAPTER_LAYER = "fmseg adapter"
+#: Image layers of the Uncertainty tool: the candidates, their mean and entropy.
+SAMPLES, MEAN, ENTROPY = "samples", "mean", "entropy"
+UNCERTAINTY_IMAGES = (SAMPLES, MEAN, ENTROPY)
+#: Labels layers fmseg makes: chosen as annotations only when no layer the user opened holds
+#: labels (the first three are never offered as annotations: they hold a tool's output).
+OUTPUTS = (OBJECT_LAYER, INCONTEXT_LAYER, UNCERTAINTY_LAYER)
+FMSEG_LABELS = (*OUTPUTS, LABELS_LAYER, ADAPTER_LAYER)
+#: Slicing-axis choices ``(text, axis)`` of the layer data ``(z, y, x)``.
+AXES = (("0 (z)", 0), ("1 (y)", 1), ("2 (x)", 2))
 #: Feature of the prompts layer that marks clicks on the object (True) or background (False).
 POSITIVE = "positive"
 #: Colours of positive and negative clicks, and of the working object.
@@ -239,11 +252,44 @@ def object_layer_kwargs(image: Any) -> dict[str, Any]:
     }
 
 
-def labels_layer_kwargs(image: Any) -> dict[str, Any]:
-    """Keyword arguments for the committed-labels layer, with the image's metadata."""
-    return {
-        **geometry(image),
-        "name": LABELS_LAYER,
-        "metadata": labels_metadata(image.metadata),
-        "opacity": 0.45,
-    }
+def slice_at(layer: Any, world_point: Sequence[float], axis: int) -> int:
+    """Index along ``axis`` of ``layer``'s data at the viewer's ``world_point`` (clipped).
+
+    A layer of fewer than three dimensions has only slice 0.
+    """
+    if layer is None or layer.ndim < 3 or getattr(layer, "rgb", False):
+        return 0
+    pos = layer.world_to_data(world_point)[axis]
+    return int(np.clip(round(float(pos)), 0, layer.data.shape[axis] - 1))
+
+
+def choices(layers: Sequence[Any], kind: type, exclude: Sequence[str] = ()) -> list[tuple]:
+    """``(name, layer)`` of the layers of ``kind``, except those named in ``exclude``."""
+    return [(x.name, x) for x in layers if isinstance(x, kind) and x.name not in exclude]
+
+
+def holds_labels(layer: Any) -> bool:
+    """True when a Labels layer has any non-zero voxel (stops at the first plane with one)."""
+    data = layer.data
+    planes = (data[i] for i in range(len(data))) if getattr(data, "ndim", 0) > 2 else [data]
+    return any(np.any(np.asarray(plane)) for plane in planes)
+
+
+def is_users_annotations(layer: Any) -> bool:
+    """True for a Labels layer the user opened (not made by fmseg) that holds labels."""
+    return layer.name not in FMSEG_LABELS and holds_labels(layer)
+
+
+def preferred_annotations(candidates: Sequence[Any]) -> Any:
+    """The annotations layer to choose by default among ``candidates`` (None if empty).
+
+    The first one the user opened (not made by fmseg) that holds labels; else the first of
+    fmseg's own that does (committed Segment labels); else the first the user opened; else
+    the first. An empty "fmseg labels" layer is never preferred to the user's annotations.
+    """
+    if found := next((x for x in candidates if is_users_annotations(x)), None):
+        return found
+    if found := next((x for x in candidates if holds_labels(x)), None):
+        return found
+    mine = [x for x in candidates if x.name not in FMSEG_LABELS]
+    return next(iter(mine or candidates), None)

@@ -1,13 +1,14 @@
-"""The **Uncertainty** dock widget: several plausible masks per query, and where they disagree.
+"""The **Uncertainty** tool: several plausible masks per query, and where they disagree.
 
-It is the :class:`~._incontext_widget.InContextWidget` (the same image, annotations, label
-value, slicing axis and support-set controls, and the same worker, undo and cancel) with the
-backend swapped for a *sampler* of :data:`fmseg.incontext.SAMPLERS`: a Tyche network, or
-``<backend>+tta`` (K runs on perturbed inputs and support subsets). A run fills three Image
-layers: ``samples`` (the ``(K, Z, Y, X)`` candidate probabilities; napari gives a slider over
-K), ``mean`` and ``entropy`` (a heat map in bits, 0 where the candidates agree). The clinician
-commits one candidate, or the mean above a threshold, into the "uncertainty result" Labels
-layer, undoably; the annotations layer is only read.
+It runs on the :class:`~._support.SupportPanel` (the image, annotations, label value, slicing
+axis and support set it shares with the In-context tool in the fmseg dock) with a *sampler*
+of :data:`fmseg.incontext.SAMPLERS`: a Tyche network, or ``<backend>+tta`` (K runs on
+perturbed inputs and support subsets). A run fills three Image layers: ``samples`` (the
+``(K, Z, Y, X)`` candidate probabilities; napari gives a slider over K), ``mean`` and
+``entropy`` (a heat map in bits, 0 where the candidates agree). The clinician commits one
+candidate, or the mean above a threshold, into the "uncertainty result" Labels layer
+(:class:`~._output.OutputLayer`, undoably); the annotations layer is only read. Sampling and
+the commit's merge run in a worker (:class:`~._worker.JobRunner`).
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui import widgets as mw
-from napari.layers import Image, Labels
+from napari.layers import Image
 
-from fmseg.incontext import SAMPLERS, SupportSet, build_sampler, sample_volume_iter
+from fmseg.incontext import SAMPLERS, build_sampler, sample_volume_iter
 from fmseg.progress import Progress, Work
 from fmseg.uncertainty import diversity, entropy, mean_probability
 from fmseg.weights import WeightsError
 
 from . import _layers as L
-from ._incontext_widget import OUTPUT_LAYER as INCONTEXT_LAYER
-from ._incontext_widget import InContextWidget, Region, _source, _window
+from ._controls import StatusLine, button_row
+from ._output import OutputLayer, Region, Write, plan_on_slices
+from ._support import Query, SupportPanel, source
+from ._worker import JobRunner, call_work
 
 if TYPE_CHECKING:
     import napari
@@ -36,8 +39,8 @@ if TYPE_CHECKING:
 
     Sampler = TycheBackend | AugmentedSampler
 
-OUTPUT_LAYER = "uncertainty result"
-SAMPLES, MEAN, ENTROPY = "samples", "mean", "entropy"
+OUTPUT_LAYER = L.UNCERTAINTY_LAYER
+SAMPLES, MEAN, ENTROPY = L.SAMPLES, L.MEAN, L.ENTROPY
 _META = "fmseg_uncertainty"  # samples layer metadata: source, axis, sampled slices
 _STYLE = {  # black is transparent with additive blending: the image shows through
     SAMPLES: {"colormap": "cyan", "visible": False},
@@ -47,6 +50,7 @@ _STYLE = {  # black is transparent with additive blending: the image shows throu
 _ROWS = (
     (("Sample slice", "sample_slice"), ("Sample volume", "sample_volume")),
     (("Commit candidate k", "commit_candidate"), ("Commit mean > t", "commit_mean")),
+    (("Undo", "undo"), ("Cancel", "cancel")),
 )
 
 
@@ -75,33 +79,34 @@ def stack_geometry(image: Image) -> dict[str, Any]:
 
 
 def _sample_work(
-    get_sampler: Callable[[], Sampler],
-    support: SupportSet,
-    volume: np.ndarray,
-    region: Region,
-    **kwargs: Any,
+    get_sampler: Callable[[], Sampler], query: Query, batch: int
 ) -> Work[tuple[Sampler, np.ndarray, np.ndarray, np.ndarray]]:
-    """Build (or reuse) the sampler, sample, summarise ``region``: runs in the worker thread.
+    """Build (or reuse) the sampler, sample, summarise the region: runs in the worker thread.
 
     Returns:
         The sampler, the ``(K, *volume.shape)`` samples, their mean and entropy (0 outside
-        ``region``).
+        the query's region).
     """
     yield Progress(0, 0, "loading the sampler")
+    volume = query.volume
     try:
         sampler = get_sampler()
-        samples = yield from sample_volume_iter(sampler, support, volume, **kwargs)
+        samples = yield from sample_volume_iter(
+            sampler, query.support, volume, label=query.value or None, batch=batch,
+            **query.volume_kwargs(),
+        )  # fmt: skip
     except WeightsError as exc:
         advice = "choose another sampler, e.g. interpolation+tta, or install the weights"
         raise SamplerUnavailable(f"{exc} ({advice})") from None
     yield Progress(0, 0, "mean and entropy")
     mean, ent = np.zeros(volume.shape, np.float32), np.zeros(volume.shape, np.float32)
+    region = query.region
     part = samples[(slice(None), *region)]
     mean[region], ent[region] = mean_probability(part), entropy(part)
     return sampler, samples, mean, ent
 
 
-class UncertaintyWidget(InContextWidget):
+class UncertaintyWidget(mw.Container):
     """K plausible segmentations of the chosen image from a support set, and their spread.
 
     Args:
@@ -109,7 +114,10 @@ class UncertaintyWidget(InContextWidget):
         tiny: Use tiny random-weight networks (tests and demos without weights).
         sampler_factory: Builds a sampler, ``factory(name, k=k)``; defaults to
             :func:`fmseg.incontext.build_sampler`.
+        panel: The support-set panel to use (the dock shares one); by default its own.
     """
+
+    batch = 4  # query slices per sampler call: progress and cancel granularity
 
     def __init__(
         self,
@@ -117,15 +125,22 @@ class UncertaintyWidget(InContextWidget):
         *,
         tiny: bool = False,
         sampler_factory: Callable[..., Sampler] | None = None,
+        panel: SupportPanel | None = None,
     ) -> None:
-        super().__init__(viewer, tiny=tiny)
+        super().__init__(labels=False)  # the panel spans the width, the controls have labels
+        self._viewer = viewer
         self._sampler_factory = sampler_factory or functools.partial(build_sampler, tiny=tiny)
         self._sampler: tuple[tuple[str, int], Sampler] | None = None  # the last one built
+        self.status = StatusLine("Annotate slices, add them to the support set, then sample.")
+        self.jobs = JobRunner(self.status)
+        self.output = OutputLayer(viewer, OUTPUT_LAYER, self.status)
+        self.panel = panel or SupportPanel(viewer)
+        self._build()
+        self.show_panel()
 
     def _build(self) -> None:
-        super()._build()
-        at = self.index(self._backend_name)
-        del self[at : at + 3]  # In-context's backend, ensemble and Segment buttons
+        self._slot = mw.Container(labels=False)
+        self._slot.native.layout().setContentsMargins(0, 0, 0, 0)
         self._sampler_name = mw.ComboBox(
             label="sampler", choices=list(SAMPLERS), value="tyche-small"
         )
@@ -139,53 +154,44 @@ class UncertaintyWidget(InContextWidget):
             label="mean threshold t", min=0.01, max=0.99, step=0.05, value=0.5
         )
         self._value = mw.SpinBox(label="commit as label", min=1, max=65535, value=1)
-        self._label.changed.connect(lambda v: v and setattr(self._value, "value", v))
+        self.panel._label.changed.connect(lambda v: v and setattr(self._value, "value", v))
         self._whole = mw.CheckBox(label="whole volume", value=False)
         self._whole.tooltip = "commit every sampled slice (else the current slice only)"
-        rows = [self._row(r) for r in _ROWS]
-        new = [self._sampler_name, self._k, rows[0], self.diversity, self._candidate]
-        for i, w in enumerate([*new, self._threshold, self._value, self._whole, rows[1]]):
-            self.insert(at + i, w)
-        self.status.value = "Annotate slices, add them to the support set, then sample."
+        rows = [button_row(self, row) for row in _ROWS]
+        controls = mw.Container(
+            widgets=[self._sampler_name, self._k, rows[0], self.diversity, self._candidate]
+            + [self._threshold, self._value, self._whole, *rows[1:], self.jobs.bar]
+        )
+        controls.margins = (0, 0, 0, 0)
+        self.extend([self._slot, controls, self.status])
         self._viewer.dims.events.current_step.connect(self.update_diversity)
-        self._axis.changed.connect(self.update_diversity)
+        self.panel._axis.changed.connect(self.update_diversity)
 
-    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
-        return [c for c in super()._image_choices() if c[0] not in _STYLE]
+    @property
+    def busy(self) -> bool:
+        """True while sampling or a commit runs (or, cancelled, finishes its current step)."""
+        return self.jobs.busy
 
-    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
-        mine = (OUTPUT_LAYER, INCONTEXT_LAYER)
-        return [c for c in super()._labels_choices() if c[0] not in mine]
+    def show_panel(self) -> None:
+        """Show the support-set panel here (the dock calls it when this tool comes in front)."""
+        self.panel.host(self._slot, self.status)
 
     def sample_slice(self) -> None:
         """Draw K candidates for the current slice along the slicing axis (in a worker)."""
-        self._segment(whole=False)
+        self._sample(whole=False)
 
     def sample_volume(self) -> None:
         """Draw K candidates for every slice along the slicing axis (in a worker)."""
-        self._segment(whole=True)
+        self._sample(whole=True)
 
-    def _segment(self, whole: bool) -> None:
-        if (ctx := self._run_context(whole)) is None:
+    def _sample(self, whole: bool) -> None:
+        if not self.jobs.idle() or (query := self.panel.query(whole, self.output)) is None:
             return
-        image, value, axis, index, region = ctx
         key = (str(self._sampler_name.value), int(self._k.value))
-        work = _sample_work(
-            functools.partial(self._get_sampler, key),
-            SupportSet(list(self.support.examples), dict(self.support.names)),  # a snapshot
-            np.asarray(image.data),
-            tuple(region),
-            axis=axis,
-            window=_window(image),
-            label=value or None,
-            slices=None if whole else [index],
-            source=_source(image),
-            batch=self.batch,
-        )
-        name = "sample volume" if whole else f"sample slice {index}"
-        self._say(f"{name}: {key[0]}, K = {key[1]} ...")
-        sampled = range(image.data.shape[axis]) if whole else [index]
-        self._launch(work, name, functools.partial(self._on_samples, image, axis, sampled, key))
+        work = _sample_work(functools.partial(self._get_sampler, key), query, self.batch)
+        name = query.name("sample")
+        self.status.say(f"{name}: {key[0]}, K = {key[1]} ...")
+        self.jobs.run(work, name, functools.partial(self._on_samples, query, key, name))
 
     def _get_sampler(self, key: tuple[str, int]) -> Sampler:
         """The cached sampler for ``key``, or a new one (called in the worker)."""
@@ -197,31 +203,29 @@ class UncertaintyWidget(InContextWidget):
     def _find(self, name: str) -> Any:
         return next((x for x in self._viewer.layers if x.name == name), None)
 
-    def _on_samples(
-        self, image: Image, axis: int, sampled: Any, key: tuple[str, int], out: tuple
-    ) -> None:
+    def _on_samples(self, query: Query, key: tuple[str, int], name: str, out: tuple) -> None:
         """Put samples, mean and entropy into their layers (GUI thread)."""
         sampler, samples, mean, ent = out
         self._sampler = (key, sampler)
+        image, axis = query.image, query.axis
         if image not in self._viewer.layers or image.data.shape != mean.shape:
-            self._error("the image changed while sampling: result dropped")
+            self.status.error("the image changed while sampling: result dropped")
             return
         if taken := [n for n in _STYLE if not isinstance(self._find(n), Image | None)]:
-            self._error(f"a layer named '{taken[0]}' is not an image: rename it (result dropped)")
+            self.status.error(f"a layer '{taken[0]}' is not an image: rename it (result dropped)")
             return
+        sampled = range(image.data.shape[axis]) if query.whole else [query.index]
         old = self._find(SAMPLES)
         meta = dict(old.metadata.get(_META, {})) if old is not None else {}
-        record = {"source": _source(image), "axis": axis}
+        record = {"source": source(image), "axis": axis}
         keep = (  # a slice added to earlier samples of this image, axis and K
-            len(sampled) < image.data.shape[axis]
+            not query.whole
             and old is not None
             and old.data.shape == samples.shape
             and all(meta.get(k) == v for k, v in record.items())
         )
         record["slices"] = set(sampled) | (meta["slices"] if keep else set())
-        region = [slice(None)] * 3
-        region[axis] = slice(min(sampled), max(sampled) + 1)
-        box = tuple(region) if keep else None
+        box = query.region if keep else None
         stack = self._put(SAMPLES, samples, box and (slice(None), *box), stack_geometry(image))
         stack.metadata[_META] = record
         self._put(MEAN, mean, box, L.geometry(image))
@@ -230,8 +234,8 @@ class UncertaintyWidget(InContextWidget):
             colorbar.visible = True  # entropy, in bits
         self._candidate.max = len(samples) - 1
         self.update_diversity()
-        self._say(
-            f"{self._job_name}: {len(samples)} candidates from {key[0]} in '{SAMPLES}' (slider"
+        self.status.say(
+            f"{name}: {len(samples)} candidates from {key[0]} in '{SAMPLES}' (slider"
             f" k), their mean in '{MEAN}', disagreement in '{ENTROPY}' (bits, 0 = all agree)."
         )
 
@@ -255,13 +259,13 @@ class UncertaintyWidget(InContextWidget):
 
     def _samples(self) -> tuple[Image, dict] | str:
         """The samples layer of the chosen image with its record, or why there is none."""
-        layer, image = self._find(SAMPLES), self._image.value
+        layer, image = self._find(SAMPLES), self.panel._image.value
         meta = layer.metadata.get(_META) if isinstance(layer, Image) else None
         if meta is None or image is None:
             return "no samples: press Sample slice or Sample volume first"
-        if meta["source"] != _source(image) or layer.data.shape[1:] != image.data.shape:
+        if meta["source"] != source(image) or layer.data.shape[1:] != image.data.shape:
             return f"the samples are of another image: sample '{image.name}' first"
-        if meta["axis"] != self._axis.value:
+        if meta["axis"] != self.panel._axis.value:
             return f"the samples were drawn along axis {meta['axis']}: choose that slicing axis"
         return layer, meta
 
@@ -274,20 +278,20 @@ class UncertaintyWidget(InContextWidget):
         if isinstance(got, str):
             self.diversity.value = ""
             return
-        (layer, meta), index = got, self.current_slice()
+        (layer, meta), index = got, self.panel.current_slice()
         if index not in meta["slices"]:
             self.diversity.value = f"slice {index}: not sampled"
             return
-        candidates = np.take(np.asarray(layer.data), index, axis=meta["axis"] + 1)
+        candidates = np.asarray(layer.data[(slice(None),) * (meta["axis"] + 1) + (index,)])
         self.diversity.value = f"slice {index}: {diversity(candidates):.3f}"
 
     def commit_candidate(self) -> bool:
-        """Write candidate k (probability > 0.5) into the output layer as the commit label."""
+        """Write candidate k (probability > 0.5) into the output layer (in a worker)."""
         k = int(self._candidate.value)
         return self._commit(lambda s, r: s[(k, *r)] > 0.5, f"candidate {k}")
 
     def commit_mean(self) -> bool:
-        """Write the candidates' mean above the threshold t into the output layer."""
+        """Write the candidates' mean above the threshold t into the output layer (in a worker)."""
         t = float(self._threshold.value)
         return self._commit(lambda s, r: mean_probability(s[(slice(None), *r)]) > t, f"mean > {t}")
 
@@ -295,45 +299,46 @@ class UncertaintyWidget(InContextWidget):
         """Write ``select(samples, region)`` (boolean) on the current slice or every sampled one.
 
         Within the region, voxels of the commit label are replaced by the mask and other labels
-        kept; slices that were not sampled stay as they are.
+        kept; slices that were not sampled stay as they are. Returns whether the commit started.
         """
-        if self._job is not None:
-            self._error(f"{self._job_name} is still running: wait for it, or press Cancel")
+        if not self.jobs.idle():
             return False
-        got, image = self._samples(), self._image.value
-        if problem := got if isinstance(got, str) else self._output_problem(image):
-            self._error(problem)
-            return False
+        got, image = self._samples(), self.panel._image.value
+        if problem := got if isinstance(got, str) else self.output.problem(image):
+            return self.status.error(problem)
         (layer, meta), value = got, int(self._value.value)
         axis, region = meta["axis"], [slice(0, n) for n in image.data.shape]
         if not self._whole.value:
-            if (index := self.current_slice()) not in meta["slices"]:
-                self._error(f"slice {index} is not sampled: press Sample slice first")
-                return False
+            if (index := self.panel.current_slice()) not in meta["slices"]:
+                return self.status.error(f"slice {index} is not sampled: press Sample slice first")
             region[axis] = slice(index, index + 1)
         region = tuple(region)
-        if (out := self._output_layer()) is None:
-            zeros = np.zeros(image.data.shape, np.int32)
-            kwargs = {**L.geometry(image), "metadata": L.labels_metadata(image.metadata)}
-            out = self._viewer.add_labels(zeros, name=OUTPUT_LAYER, opacity=0.5, **kwargs)
         on = np.zeros(image.data.shape[axis], bool)
         on[sorted(meta["slices"])] = True
         on = on[region[axis]].reshape([-1 if a == axis else 1 for a in range(3)])
-        mask = np.where(on, select(np.asarray(layer.data), region), out.data[region] == value)
-        n = self._write(out, region, mask.astype(np.int32) * value, [value])
+        samples, target = layer.data, self.output.target()
+
+        def plan() -> Write:  # in the worker
+            return plan_on_slices(target, region, on, select(np.asarray(samples), region), value)
+
         where = "every sampled slice" if self._whole.value else f"slice {region[axis].start}"
-        self._say(
-            f"Committed {what} on {where} as label {value}: {n} voxels of '{OUTPUT_LAYER}'"
-            " changed" + (" (Undo reverts)." if n else ".")
-        )
+        name = f"commit {what}"
+        done = functools.partial(self._on_committed, image, f"{what} on {where}", value)
+        self.jobs.run(call_work(plan, f"committing {what}"), name, done)
         return True
 
-    def _output_layer(self) -> Labels | None:
-        layer = self._find(OUTPUT_LAYER)
-        return layer if isinstance(layer, Labels) else None
+    def _on_committed(self, image: Image, what: str, value: int, write: Write) -> None:
+        n = self.output.apply(write, image)
+        self.status.say(
+            f"Committed {what} as label {value}: {n} voxels of '{OUTPUT_LAYER}'"
+            " changed" + (" (Undo reverts)." if n else ".")
+        )
 
-    def _output_problem(self, image: Image) -> str:
-        layer = self._output_layer()
-        if layer is None or layer.data.shape == image.data.shape:
-            return ""
-        return f"the '{OUTPUT_LAYER}' layer has another shape than '{image.name}': rename it"
+    def cancel(self) -> None:
+        """Stop the running sampling or commit at its next step; nothing changes."""
+        self.jobs.cancel()
+
+    def undo(self) -> None:
+        """Restore the output layer as it was before the last commit."""
+        if self.jobs.idle():
+            self.output.undo()

@@ -1,9 +1,12 @@
-"""The **Segment** dock widget: prompt a foundation model slice by slice, propagate, commit.
+"""The **Segment** tool: prompt a foundation model slice by slice, propagate, commit.
 
 A thin widget: clicks ("fmseg prompts") and boxes ("fmseg box") are napari layers that
-:mod:`._layers` turns into prompts; an :class:`fmseg.Session` does the work, every model call in
-a worker (:mod:`._worker`). "fmseg object" shows the working object, "fmseg labels" the
-committed labels (the session's array, with the image's metadata for the fmseg writer).
+:mod:`._layers` turns into prompts; an :class:`fmseg.Session` does the work, every model call
+(and every commit or undo, which pass over the whole volume) in a worker: one
+:class:`~._worker.JobRunner` for the foreground work and one for the background encoding.
+"fmseg object" shows the working object, "fmseg labels" the committed labels (the session's
+array, in an :class:`~._output.OutputLayer` with the image's metadata for the fmseg writer;
+the session keeps the undo steps).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from fmseg.registry import REGISTRY
 from fmseg.session import Session
 
 from . import _layers as L
-from ._status import StatusContainer
-from ._worker import call_work, run_work
+from ._controls import StatusLine, button_row, layer_box, on_layers_changed
+from ._output import OutputLayer
+from ._worker import JobRunner, call_work
 
 if TYPE_CHECKING:
     import napari
@@ -69,7 +73,7 @@ def _embed_all(session: Session, order: list[int]) -> Work[int]:
     return done
 
 
-class SegmentWidget(StatusContainer):
+class SegmentWidget(mw.Container):
     """Interactive foundation-model segmentation of the chosen image layer.
 
     Args:
@@ -92,10 +96,10 @@ class SegmentWidget(StatusContainer):
         self.session: Session | None = None
         self.image_layer: Image | None = None
         self.layers: dict[str, Any] = {}
-        self._job: Any = None
-        self._job_name = ""
-        self._embedder: Any = None
-        self._stopping: set[Any] = set()  # cancelled workers still finishing their step
+        self.status = StatusLine("Choose an image and press Start.")  # public: tests read it
+        self.jobs = JobRunner(self.status)  # foreground: one model call at a time
+        self.embedding = JobRunner(self.status, "embedded")  # background encoding
+        self.labels_out = OutputLayer(viewer, L.LABELS_LAYER, self.status, opacity=0.45)
         self._sync_pending = False
         self._muted = False
         self._last_refresh = 0.0
@@ -103,7 +107,7 @@ class SegmentWidget(StatusContainer):
         self._bind_keys()
 
     def _build(self) -> None:
-        self._image = mw.ComboBox(label="image", choices=self._image_choices)
+        self._image = layer_box(self._viewer, "image", Image)
         usable = [n for n, spec in REGISTRY.items() if spec.weights is not None]
         self._model = mw.ComboBox(label="model", choices=usable, value="litemedsam")
         self._start = mw.PushButton(text="Start")
@@ -113,33 +117,20 @@ class SegmentWidget(StatusContainer):
         self._negative = mw.CheckBox(text="negative click (N)")
         self._label = mw.SpinBox(label="label value", min=1, max=65535, value=1)
         self._overwrite = mw.CheckBox(text="overwrite existing labels")
-        button_rows = [self._button_row(r) for r in _BUTTONS]
-        self._embed_bar = mw.ProgressBar(label="embedded", visible=False)
-        self._job_bar = mw.ProgressBar(label="progress", visible=False)
-        self.status = mw.Label(value="Choose an image and press Start.")  # public: tests read it
-        self.status.native.setWordWrap(True)
+        keys = {m: k for k, _, m in SHORTCUTS}
+        tips = {m: f"{t} ({keys[m]})" for row in _BUTTONS for t, m in row}
+        button_rows = [button_row(self, row, tips) for row in _BUTTONS]
         self.extend(
             [self._image, self._model, self._start, self._tool]
             + [self._negative, self._label, self._overwrite, *button_rows]
-            + [self._embed_bar, self._job_bar, self.status]
+            + [self.embedding.bar, self.jobs.bar, self.status]
         )
         self.tooltip = HELP
         self._start.changed.connect(self.start)
         self._tool.changed.connect(self._apply_tool)
         self._negative.changed.connect(self._on_negative)
         self._image.changed.connect(self._on_image_changed)
-        self._viewer.layers.events.inserted.connect(self._image.reset_choices)
-        self._viewer.layers.events.removed.connect(self._on_layer_removed)
-
-    def _button_row(self, row: tuple[tuple[str, str], ...]) -> mw.Container:
-        keys = {m: k for k, _, m in SHORTCUTS}
-        buttons = [mw.PushButton(text=t, tooltip=f"{t} ({keys[m]})") for t, m in row]
-        for button, (_, method) in zip(buttons, row, strict=True):
-            button.changed.connect(getattr(self, method))
-        return mw.Container(widgets=buttons, layout="horizontal", labels=False)
-
-    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
-        return [(lay.name, lay) for lay in self._viewer.layers if isinstance(lay, Image)]
+        on_layers_changed(self._viewer, self, self._on_layer_removed)
 
     def _bind_keys(self) -> None:
         for key, _, method in SHORTCUTS:
@@ -149,60 +140,47 @@ class SegmentWidget(StatusContainer):
     @property
     def busy(self) -> bool:
         """True while any model work (foreground or background embedding) runs."""
-        return self._job is not None or self._embedder is not None or bool(self._stopping)
+        return self.jobs.busy or self.embedding.busy
 
-    def _launch(self, work: Work, name: str, slot: str = "_job", **callbacks: Any) -> None:
-        """Run work in a worker held in ``slot`` ("_job": foreground, one at a time)."""
-        on_finished = callbacks.pop("on_finished", None)
-        bar = self._job_bar if slot == "_job" else self._embed_bar
-        on_error = lambda exc: self._error(f"{name} failed: {exc}")  # noqa: E731
-        worker = run_work(work, on_error=on_error, progress_bar=bar, start=False, **callbacks)
-        worker.finished.connect(lambda: self._finished(worker, slot, on_finished))
-        setattr(self, slot, worker)
-        self._job_name = name if slot == "_job" else self._job_name
-        worker.start()
+    def _launch(self, work: Work, name: str, on_done: Callable, **options: Any) -> None:
+        """Run foreground work; prompts that arrive meanwhile are applied when it ends."""
+        on_finished = options.pop("on_finished", None)
 
-    def _finished(self, worker: Any, slot: str, on_finished: Callable | None) -> None:
-        self._stopping.discard(worker)
-        if getattr(self, slot) is not worker:
-            return  # a cancelled worker ending after its replacement started
-        setattr(self, slot, None)
-        if on_finished is not None:
-            on_finished()
-        if self._sync_pending and self._job is None:
-            self._sync_pending = False
-            self._sync()
+        def finished() -> None:
+            if on_finished is not None:
+                on_finished()
+            if self._sync_pending:
+                self._sync_pending = False
+                self._sync()
+
+        self.jobs.run(work, name, on_done, on_finished=finished, **options)
 
     def _ready(self) -> Session | None:
         """The session when an action can run now, else None (after telling the user why)."""
         if self.session is None:
-            self._error("press Start first (choose the image to segment)")
-        elif self._job is not None:
-            self._error(f"{self._job_name} is still running: wait for it, or press Cancel")
-        else:
+            self.status.error("press Start first (choose the image to segment)")
+        elif self.jobs.idle():
             return self.session
         return None
 
     def start(self) -> None:
         """Create a session for the chosen image (in a worker), then its layers."""
         if (layer := self._image.value) is None:
-            self._error("open an image first (File > Open, or File > Open Sample > fmseg)")
+            self.status.error("open an image first (File > Open, or File > Open Sample > fmseg)")
             return
         self._stop()
         model, data, spacing = self._model.value, layer.data, tuple(layer.scale)
         make = functools.partial(
             self._factory, spacing=spacing, model=model, point_model=L.point_model_for(model)
         )
-        self._say(f"Loading {model} for '{layer.name}' ...")
+        self.status.say(f"Loading {model} for '{layer.name}' ...")
         work = call_work(lambda: make(np.asarray(data)), f"loading {model}")
-        self._launch(work, "start", on_done=lambda s: self._on_session(s, layer))
+        self._launch(work, "start", lambda s: self._on_session(s, layer))
 
     def _stop(self) -> None:
         """Cancel all work and forget the session (the layers stay)."""
-        self._stopping.update(filter(None, (self._job, self._embedder)))
-        for worker in self._stopping:
-            worker.quit()
-        self._job = self._embedder = None
+        self.jobs.stop()
+        self.embedding.stop()
         self._sync_pending = False
         self.session = None
 
@@ -210,24 +188,25 @@ class SegmentWidget(StatusContainer):
         """Show the session's layers; embed all slices in the background, nearest first."""
         self.session, self.image_layer = session, layer
         self._setup_layers(session, layer)
-        self._say(f"Ready on '{layer.name}': draw a box or click on the object.")
+        self.status.say(f"Ready on '{layer.name}': draw a box or click on the object.")
         order = L.embedding_order(session.n_slices(0), self.current_slice())
-        self._launch(_embed_all(session, order), "embedding", "_embedder")
+        self.embedding.run(
+            _embed_all(session, order), "encoding", lambda n: None,
+            on_progress=lambda step: None, kept="the slices encoded are kept",
+        )  # fmt: skip
 
     def _setup_layers(self, session: Session, image: Image) -> None:
         """(Re)create the prompt and object layers; reuse a matching labels layer."""
         for name in (L.PROMPTS_LAYER, L.BOX_LAYER, L.OBJECT_LAYER):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
-        viewer, ndim = self._viewer, image.ndim
-        labels = viewer.layers[L.LABELS_LAYER] if L.LABELS_LAYER in viewer.layers else None
+        viewer, view = self._viewer, L.layer_view(session.labels, image.ndim)
+        labels = self.labels_out.find()
         if labels is not None and labels.data.shape == image.data.shape:
-            L.layer_view(session.labels, ndim)[...] = np.asarray(labels.data)
-            labels.data = L.layer_view(session.labels, ndim)
+            view[...] = np.asarray(labels.data)  # its labels carry over
+            labels.data = view
         else:
-            labels = viewer.add_labels(
-                L.layer_view(session.labels, ndim), **L.labels_layer_kwargs(image)
-            )
+            labels = self.labels_out.create(image, view)
         zeros = np.zeros(image.data.shape, np.uint8)
         obj = viewer.add_labels(zeros, **L.object_layer_kwargs(image))
         box = viewer.add_shapes(**L.box_layer_kwargs(image))
@@ -240,11 +219,8 @@ class SegmentWidget(StatusContainer):
 
     def current_slice(self) -> int:
         """Index along axis 0 of the image slice the viewer shows."""
-        layer, session = self.image_layer, self.session
-        if layer is None or session is None or layer.ndim == 2:
-            return 0
-        z = layer.world_to_data(self._viewer.dims.point)[0]
-        return int(np.clip(round(float(z)), 0, session.n_slices(0) - 1))
+        layer = self.image_layer if self.session is not None else None
+        return L.slice_at(layer, self._viewer.dims.point, 0)
 
     def _on_prompts_changed(self, event: Any = None) -> None:
         action = getattr(event, "action", None)
@@ -266,7 +242,7 @@ class SegmentWidget(StatusContainer):
 
     def _sync(self) -> None:
         """Re-segment the slices whose prompts changed (in a worker; later if one runs)."""
-        if self._job is not None:
+        if self.jobs.running:
             self._sync_pending = True
             return
         if (session := self.session) is None:
@@ -275,7 +251,7 @@ class SegmentWidget(StatusContainer):
         if todo := L.changed_slices(wanted, session.prompts):
             done = functools.partial(self._on_segmented, session)
             work = call_work(lambda: _apply_prompts(session, wanted, todo), "segmenting")
-            self._launch(work, "segmentation", on_done=done)
+            self._launch(work, "segmentation", done)
 
     def _on_segmented(self, session: Session, masks: dict[int, np.ndarray]) -> None:
         if session is not self.session:
@@ -285,7 +261,7 @@ class SegmentWidget(StatusContainer):
             L.write_slice(obj.data, i, mask)
         obj.refresh()
         shown = ", ".join(f"slice {i}: {int(m.sum())} px" for i, m in masks.items())
-        self._say(f"Object on {shown}. Click to correct it, then Propagate or Commit.")
+        self.status.say(f"Object on {shown}. Click to correct it, then Propagate or Commit.")
 
     def _on_negative(self, *_: Any) -> None:
         if "points" in self.layers:
@@ -321,48 +297,59 @@ class SegmentWidget(StatusContainer):
             return
         i = self.current_slice()
         if not np.take(session.mask, i, axis=0).any():
-            self._error(f"segment the object on this slice ({i}) first: it has no mask yet")
+            self.status.error(f"segment the object on this slice ({i}) first: it has no mask yet")
             return
-        self._say(f"Propagating from slice {i} ...")
+        self.status.say(f"Propagating from slice {i} ...")
         self._launch(
             session.propagate_iter(0, i),
             "propagation",
+            lambda r: self.status.say(f"Propagated to slices {r.first}-{r.last} ({r.reason})."),
             on_progress=self._on_propagate_step,
-            on_done=lambda r: self._say(f"Propagated to slices {r.first}-{r.last} ({r.reason})."),
-            on_cancelled=lambda: self._say("Propagation cancelled; the slices done are kept."),
             on_finished=self._show_object,
+            kept="the slices done are kept",
         )
 
     def _on_propagate_step(self, step: Progress) -> None:
-        self._say(f"Propagating: {step.message}")
+        self.status.say(f"Propagating: {step.message}")
         if time.monotonic() - self._last_refresh > _REFRESH_S:
             self._last_refresh = time.monotonic()
             self._show_object()
 
     def commit(self) -> None:
-        """Write the object into the labels layer as the label value, and start a new one."""
+        """Write the object into the labels layer as the label value (in a worker), start anew."""
         if (session := self._ready()) is None:
             return
         if not session.mask.any():
-            self._error("nothing to commit: segment an object first (box or click)")
+            self.status.error("nothing to commit: segment an object first (box or click)")
             return
         label = int(self._label.value)  # the spin box keeps it within the labels' dtype
-        n = session.commit(label, overwrite=bool(self._overwrite.value))
+        overwrite = bool(self._overwrite.value)
+        work = call_work(lambda: session.commit(label, overwrite=overwrite), "committing")
+        self.status.say(f"Committing label {label} ...")
+        self._launch(work, "commit", functools.partial(self._on_committed, session, label))
+
+    def _on_committed(self, session: Session, label: int, n: int) -> None:
+        if session is not self.session:
+            return
         self._clear_prompt_layers()
         self._show_object()
         self.layers["labels"].refresh()
         hint = "" if n else " (all were labelled already: tick 'overwrite existing labels')"
-        self._say(f"Committed {n} voxels as label {label}{hint}. Undo with Shift-U.")
+        self.status.say(f"Committed {n} voxels as label {label}{hint}. Undo with Shift-U.")
 
     def undo(self) -> None:
-        """Undo the last commit."""
+        """Undo the last commit (in a worker)."""
         if (session := self._ready()) is None:
             return
-        if not session.undo():
-            self._error("nothing to undo: no commit yet")
+        if not session.can_undo:
+            self.status.error("nothing to undo: no commit yet")
             return
-        self.layers["labels"].refresh()
-        self._say("Last commit undone.")
+        self._launch(call_work(session.undo, "undoing"), "undo", self._on_undone)
+
+    def _on_undone(self, _undone: bool) -> None:
+        if "labels" in self.layers:
+            self.layers["labels"].refresh()
+            self.status.say("Last commit undone.")
 
     def clear(self) -> None:
         """Remove all prompts and the working object (start the object again)."""
@@ -371,22 +358,19 @@ class SegmentWidget(StatusContainer):
         session.reset_object()
         self._clear_prompt_layers()
         self._show_object()
-        self._say("Prompts cleared: draw a box or click on the object.")
+        self.status.say("Prompts cleared: draw a box or click on the object.")
 
     def cancel(self) -> None:
         """Stop running work (propagation, segmentation, background embedding)."""
-        workers = list(filter(None, (self._job, self._embedder)))
-        for worker in workers:
-            worker.quit()
-        self._say("Cancelling ..." if workers else "Nothing to cancel.")
+        if not any([self.jobs.cancel(quiet=True), self.embedding.cancel(quiet=True)]):
+            self.status.say("Nothing to cancel.")
 
     def _on_image_changed(self, layer: Image | None) -> None:
         if self.session is not None and layer is not None and layer is not self.image_layer:
             self.start()
 
     def _on_layer_removed(self, event: Any) -> None:
-        self._image.reset_choices()
-        if event.value is self.image_layer:
+        if event.type == "removed" and event.value is self.image_layer:
             self._stop()
             self.image_layer, self.layers = None, {}
-            self._say("The image was removed: choose one and press Start.")
+            self.status.say("The image was removed: choose one and press Start.")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from napari_helpers import cone
 
 from fmseg.adapters import facade
 from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.facade import labelled_slices
 from fmseg.adapters.methods import PEFT_METHODS
 from fmseg.adapters.predict import predict_slices_iter
-from napari_fmseg import _adapter_widget, _status
+from napari_fmseg import _adapter_widget
 from napari_fmseg._adapter_widget import OUTPUT_LAYER, AdapterWidget
 
 pytestmark = pytest.mark.gui
@@ -26,20 +27,10 @@ LABELLED = (3, 5, 7, 9, 11)
 
 
 def _cone() -> tuple[np.ndarray, np.ndarray]:
-    z, y, x = np.mgrid[:16, :40, :40]
-    radius = np.maximum(0, 14 - 1.6 * np.abs(z - 7.5))
-    labels = (np.hypot(y - 20, x - 20) < radius).astype(np.int32)
-    noise = np.random.default_rng(0).normal(0, 0.1, labels.shape).astype(np.float32)
+    volume, labels, _ = cone()
     sparse = np.zeros_like(labels)
     sparse[list(LABELLED)] = labels[list(LABELLED)]
-    return labels + noise, sparse
-
-
-@pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    shown: list[str] = []
-    monkeypatch.setattr(_status, "show_error", shown.append)
-    return shown
+    return volume, sparse
 
 
 def _make(make_napari_viewer, steps: int = 6, **options):
@@ -49,7 +40,7 @@ def _make(make_napari_viewer, steps: int = 6, **options):
     annotations = viewer.add_labels(labels, name="annotations", scale=(2.0, 1.0, 1.0))
     widget = AdapterWidget(viewer, tiny=True)
     viewer.window.add_dock_widget(widget)
-    assert widget._image.value is image and widget._labels.value is annotations
+    assert widget._image.value is image and widget._annotations.value is annotations
     widget._steps.value = steps
     for name, value in options.items():
         getattr(widget, f"_{name}").value = value
@@ -69,7 +60,8 @@ def _train(qtbot, widget) -> None:
 
 def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "Adapt (few-shot training)")
+    _, dock = viewer.window.add_plugin_dock_widget("fmseg", "fmseg")
+    widget = dock.show_tool("Adapt")
     assert isinstance(widget, AdapterWidget)
     assert {"litemedsam", "hdbet"} <= set(widget._base.choices)
     assert widget._method.value == "spatial-adapter" and widget._lr.value == pytest.approx(3e-3)
@@ -194,7 +186,7 @@ def test_cancel_keeps_adapter_and_file(make_napari_viewer, qtbot, tmp_path) -> N
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert widget.status.value == "training cancelled: nothing was changed."
-    assert widget.adapter is first and not widget._bar.visible
+    assert widget.adapter is first and not widget.jobs.bar.visible
     assert path.read_bytes() == saved and [p.name for p in tmp_path.iterdir()] == ["first.pt"]
 
 

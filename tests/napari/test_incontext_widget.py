@@ -7,69 +7,36 @@ cancel, and one raising a weights error).
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
+from napari_helpers import SlowBackend, cone
 
-from fmseg.incontext import Backend, build_backend
+from fmseg.incontext import build_backend
 from fmseg.weights import WeightsError
-from napari_fmseg import _status
-from napari_fmseg._incontext_widget import OUTPUT_LAYER, InContextWidget, thumbnail
+from napari_fmseg._incontext_widget import OUTPUT_LAYER, InContextWidget
+from napari_fmseg._support import thumbnail
 
 pytestmark = pytest.mark.gui
 WAIT_MS = 60_000
 
 
-def _cone() -> tuple[np.ndarray, np.ndarray]:
-    z, y, x = np.mgrid[:16, :40, :40]
-    radius = np.maximum(0, 14 - 1.6 * np.abs(z - 7.5))
-    labels = (np.hypot(y - 20, x - 20) < radius).astype(np.int32)
-    noise = np.random.default_rng(0).normal(0, 0.1, labels.shape).astype(np.float32)
-    return labels + noise, labels
-
-
-class SlowBackend(Backend):
-    """Predicts nothing, slowly: something to cancel."""
-
-    name = "slow"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def prepare(self, supports):
-        return supports
-
-    def predict(self, state, queries, positions=None):
-        self.calls += 1
-        time.sleep(0.3)
-        return np.zeros(queries.shape, np.float32)
-
-
-@pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    shown: list[str] = []
-    monkeypatch.setattr(_status, "show_error", shown.append)
-    return shown
-
-
 def _make(make_napari_viewer, factory=build_backend, backend="interpolation", **kwargs):
     viewer = make_napari_viewer()
-    volume, labels = _cone()
+    volume, labels, _ = cone()
     image = viewer.add_image(volume, scale=(2.0, 1.0, 1.0), contrast_limits=(-0.3, 1.3))
     annotations = viewer.add_labels(labels, name="annotations", scale=(2.0, 1.0, 1.0))
     widget = InContextWidget(viewer, backend_factory=factory, **kwargs)
     widget._backend_name.value = backend
     viewer.window.add_dock_widget(widget)
-    assert widget._image.value is image and widget._labels.value is annotations
+    assert widget.panel._image.value is image and widget.panel._annotations.value is annotations
     return viewer, widget
 
 
 def _add(viewer, widget, *slices: int) -> None:
     for z in slices:
         viewer.dims.set_current_step(0, z)
-        assert widget.current_slice() == z
-        assert widget.add_current_slice(), widget.status.value
+        assert widget.panel.current_slice() == z
+        assert widget.panel.add_current_slice(), widget.status.value
 
 
 def _run(qtbot, widget, method) -> None:
@@ -84,8 +51,9 @@ def _output(viewer) -> np.ndarray:
 
 def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "In-context")
-    assert isinstance(widget, InContextWidget)
+    _, dock = viewer.window.add_plugin_dock_widget("fmseg", "fmseg")
+    widget = dock.show_tool("In-context")
+    assert isinstance(widget, InContextWidget) and widget.panel is dock.panel
     assert widget._backend_name.value == "incontext-small"
     assert widget._ensemble.min == 1 and widget._ensemble.max == 16
 
@@ -93,62 +61,62 @@ def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
 def test_add_slices_thumbnails_remove_clear(make_napari_viewer, errors) -> None:
     viewer, widget = _make(make_napari_viewer)
     _add(viewer, widget, 2, 7, 12)
-    assert len(widget.support) == 3 and widget.support_list.count() == 3
-    assert widget.support_list.item(1).text() == "axis 0, slice 7, labels [1]"
-    assert not widget.support_list.item(0).icon().isNull()
-    ex = widget.support.examples[1]
+    assert len(widget.panel.support) == 3 and widget.panel.support_list.count() == 3
+    assert widget.panel.support_list.item(1).text() == "axis 0, slice 7, labels [1]"
+    assert not widget.panel.support_list.item(0).icon().isNull()
+    ex = widget.panel.support.examples[1]
     assert ex.image.shape == (40, 40) and ex.image.min() >= 0 and ex.image.max() <= 1
     assert thumbnail(ex.image, ex.labels).shape == (64, 64, 3)
     viewer.dims.set_current_step(0, 0)
     viewer.layers["annotations"].data[0] = 0  # the cone's tip is not annotated
-    assert not widget.add_current_slice()
+    assert not widget.panel.add_current_slice()
     assert "no labelled pixel" in widget.status.value and widget.status.value.startswith("Error")
-    widget._label.value = 5
+    widget.panel._label.value = 5
     viewer.dims.set_current_step(0, 7)
-    assert not widget.add_current_slice()
+    assert not widget.panel.add_current_slice()
     assert errors[-1] == "label 5 is absent from slice 7 (axis 0)"
-    assert len(widget.support) == 3
-    widget.support_list.item(0).setSelected(True)
-    widget.support_list.item(2).setSelected(True)
-    widget.remove_selected()
-    assert [e.index for e in widget.support.examples] == [7]
-    assert widget.support_list.count() == 1
-    widget.clear()
-    assert len(widget.support) == 0 and widget.support_list.count() == 0
+    assert len(widget.panel.support) == 3
+    widget.panel.support_list.item(0).setSelected(True)
+    widget.panel.support_list.item(2).setSelected(True)
+    widget.panel.remove_selected()
+    assert [e.index for e in widget.panel.support.examples] == [7]
+    assert widget.panel.support_list.count() == 1
+    widget.panel.clear()
+    assert len(widget.panel.support) == 0 and widget.panel.support_list.count() == 0
 
 
 def test_other_axis_and_label_value(make_napari_viewer) -> None:
     viewer, widget = _make(make_napari_viewer)
     viewer.layers["annotations"].data[8, 0:3, 0:3] = 4  # a second label, far from the cone
-    widget._axis.value = 2
+    widget.panel._axis.value = 2
     viewer.dims.set_current_step(2, 20)
-    assert widget.current_slice() == 20
-    widget._label.value = 1
-    assert widget.add_current_slice()
-    ex = widget.support.examples[0]
+    assert widget.panel.current_slice() == 20
+    widget.panel._label.value = 1
+    assert widget.panel.add_current_slice()
+    ex = widget.panel.support.examples[0]
     assert (ex.axis, ex.index, ex.image.shape) == (2, 20, (16, 40))
     assert thumbnail(ex.image, ex.labels).shape == (26, 64, 3)
     viewer.dims.set_current_step(2, 1)
-    widget._label.value = 0
-    assert widget.add_current_slice()
-    assert widget.support.label_values == [1, 4]
+    widget.panel._label.value = 0
+    assert widget.panel.add_current_slice()
+    assert widget.panel.support.label_values == [1, 4]
 
 
 def test_save_load_roundtrip(make_napari_viewer, tmp_path, errors) -> None:
     viewer, widget = _make(make_napari_viewer)
-    assert not widget.save_support(str(tmp_path / "empty"))
+    assert not widget.panel.save_support(str(tmp_path / "empty"))
     _add(viewer, widget, 3, 9)
-    assert widget.save_support(str(tmp_path / "liver"))
+    assert widget.panel.save_support(str(tmp_path / "liver"))
     assert (tmp_path / "liver.npz").is_file() and (tmp_path / "liver.json").is_file()
-    saved = [(e.image.copy(), e.labels.copy(), e.index) for e in widget.support.examples]
-    widget.clear()
-    assert widget.load_support(str(tmp_path / "liver.npz"))
-    assert widget.support_list.count() == 2
-    for (image, labels, index), ex in zip(saved, widget.support.examples, strict=True):
+    saved = [(e.image.copy(), e.labels.copy(), e.index) for e in widget.panel.support.examples]
+    widget.panel.clear()
+    assert widget.panel.load_support(str(tmp_path / "liver.npz"))
+    assert widget.panel.support_list.count() == 2
+    for (image, labels, index), ex in zip(saved, widget.panel.support.examples, strict=True):
         np.testing.assert_array_equal(ex.image, image)
         np.testing.assert_array_equal(ex.labels, labels)
         assert ex.index == index
-    assert not widget.load_support(str(tmp_path / "missing.npz"))
+    assert not widget.panel.load_support(str(tmp_path / "missing.npz"))
     assert "could not load" in errors[-1]
 
 
@@ -165,7 +133,7 @@ def test_segment_volume_with_interpolation(make_napari_viewer, qtbot) -> None:
     assert tuple(out.scale) == (2.0, 1.0, 1.0)
     np.testing.assert_array_equal(annotations.data, before)  # the annotations are untouched
     assert "labels [1] found with interpolation" in widget.status.value
-    assert [layer.name for layer in widget._labels.choices] == ["annotations"]
+    assert [layer.name for layer in widget.panel._annotations.choices] == ["annotations"]
 
 
 def test_segment_slice_changes_only_that_slice_and_undo(make_napari_viewer, qtbot) -> None:
@@ -175,7 +143,7 @@ def test_segment_slice_changes_only_that_slice_and_undo(make_napari_viewer, qtbo
     previous[:, 0, 0] = 3  # another structure: kept
     viewer.add_labels(previous.copy(), name=OUTPUT_LAYER, scale=(2.0, 1.0, 1.0))
     viewer.dims.set_current_step(0, 5)
-    assert widget.current_slice() == 5
+    assert widget.panel.current_slice() == 5
     _run(qtbot, widget, widget.segment_slice)
     out = _output(viewer).copy()
     others = [z for z in range(16) if z != 5]
@@ -214,10 +182,10 @@ def test_cancel_a_slow_run(make_napari_viewer, qtbot) -> None:
     widget.segment()
     qtbot.waitUntil(lambda: slow.calls >= 1, timeout=WAIT_MS)
     widget.cancel()
-    assert widget.status.value == "Cancelling ..."
+    assert widget.status.value.startswith("Cancelling segment volume")
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert slow.calls < 4  # 16 slices in batches of 4
-    assert "cancelled" in widget.status.value
+    assert widget.status.value == "segment volume cancelled: nothing was changed."
     assert OUTPUT_LAYER not in viewer.layers
 
 
@@ -241,7 +209,7 @@ def test_errors_before_running(make_napari_viewer, qtbot, errors) -> None:
     widget.segment()
     assert errors[-1].startswith("the support set is empty")
     _add(viewer, widget, 7)
-    widget._label.value = 2
+    widget.panel._label.value = 2
     widget.segment_slice()
     assert errors[-1] == "label 2 is not in the support set: [1]"
     widget.undo()
@@ -257,14 +225,14 @@ def test_save_and_load_dialogs(make_napari_viewer, tmp_path, monkeypatch) -> Non
     answer = {"save": "", "open": ""}
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a: (answer["save"], "*.npz"))
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a: (answer["open"], "*.npz"))
-    widget.save_dialog()  # cancelled: nothing written
+    widget.panel.save_dialog()  # cancelled: nothing written
     assert not list(tmp_path.iterdir())
     answer["save"] = str(tmp_path / "set")
-    widget.save_dialog()
+    widget.panel.save_dialog()
     assert (tmp_path / "set.npz").is_file()
-    widget.clear()
-    widget.load_dialog()  # cancelled: still empty
-    assert len(widget.support) == 0
+    widget.panel.clear()
+    widget.panel.load_dialog()  # cancelled: still empty
+    assert len(widget.panel.support) == 0
     answer["open"] = str(tmp_path / "set.npz")
-    widget.load_dialog()
-    assert len(widget.support) == 2
+    widget.panel.load_dialog()
+    assert len(widget.panel.support) == 2

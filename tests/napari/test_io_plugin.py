@@ -116,12 +116,7 @@ def test_manifest_points_at_existing_functions() -> None:
     widgets = {
         w["display_name"]: commands[w["command"]] for w in manifest["contributions"]["widgets"]
     }
-    assert widgets == {
-        "Segment": "napari_fmseg._widget:SegmentWidget",
-        "In-context": "napari_fmseg._incontext_widget:InContextWidget",
-        "Uncertainty": "napari_fmseg._uncertainty_widget:UncertaintyWidget",
-        "Adapt (few-shot training)": "napari_fmseg._adapter_widget:AdapterWidget",
-    }
+    assert widgets == {"fmseg": "napari_fmseg._dock:FmsegDock"}  # one dock, a tab per tool
     for python_name in widgets.values():
         module, name = python_name.split(":")
         assert callable(getattr(importlib.import_module(module), name))

@@ -141,15 +141,48 @@ def _fake_image(shape=(6, 128, 96)) -> SimpleNamespace:
 
 def test_layer_kwargs_copy_geometry_and_metadata() -> None:
     image = _fake_image()
-    labels = L.labels_layer_kwargs(image)
-    assert labels["name"] == L.LABELS_LAYER
-    assert labels["scale"] == (2.5, 0.8, 0.8)
-    assert labels["translate"] == (10.0, 0.0, 0.0)
-    np.testing.assert_array_equal(labels["metadata"]["affine"], image.metadata["affine"])
-    assert labels["metadata"]["affine"] is not image.metadata["affine"]  # a copy
-    assert labels["metadata"]["source_path"] == "ct.nii.gz"
+    geometry = L.geometry(image)
+    assert geometry["scale"] == (2.5, 0.8, 0.8)
+    assert geometry["translate"] == (10.0, 0.0, 0.0)
+    metadata = L.labels_metadata(image.metadata)
+    np.testing.assert_array_equal(metadata["affine"], image.metadata["affine"])
+    assert metadata["affine"] is not image.metadata["affine"]  # a copy
+    assert metadata["source_path"] == "ct.nii.gz"
     points = L.prompts_layer_kwargs(image)
     assert points["ndim"] == 3 and points["face_color"] == L.POSITIVE
     assert points["size"] == 3.0  # never smaller than 3 pixels
     assert L.box_layer_kwargs(image)["ndim"] == 3
     assert L.object_layer_kwargs(image)["colormap"][1] == L.OBJECT_COLOUR
+
+
+def _labels(name: str, data: np.ndarray) -> SimpleNamespace:
+    return SimpleNamespace(name=name, data=data)
+
+
+def test_preferred_annotations_are_the_users_labels() -> None:
+    empty, full = np.zeros((2, 4, 4), np.int32), np.ones((2, 4, 4), np.int32)
+    fmseg_empty = _labels(L.LABELS_LAYER, empty)
+    users = _labels("annotations", full)
+    assert L.preferred_annotations([fmseg_empty, users]) is users  # not the empty output
+    committed = _labels(L.LABELS_LAYER, full)
+    assert L.preferred_annotations([committed, users]) is users  # the user's first
+    painting = _labels("new", empty)
+    assert L.preferred_annotations([fmseg_empty, painting]) is painting  # none holds labels
+    assert L.preferred_annotations([committed, painting]) is committed  # Segment's labels
+    assert L.preferred_annotations([]) is None
+
+
+def test_choices_exclude_by_name_and_kind() -> None:
+    a, b = _labels("a", None), _labels(L.INCONTEXT_LAYER, None)
+    assert L.choices([a, b, "not a layer"], SimpleNamespace, L.OUTPUTS) == [("a", a)]
+
+
+def test_slice_at_maps_world_to_data_and_clips() -> None:
+    layer = SimpleNamespace(
+        ndim=3, rgb=False, data=np.zeros((10, 4, 6)), world_to_data=lambda p: np.asarray(p) / 2
+    )
+    assert L.slice_at(layer, (8.9, 3.0, 11.0), 0) == 4
+    assert L.slice_at(layer, (8.9, 3.0, 11.0), 2) == 5  # clipped to the last slice
+    assert L.slice_at(layer, (-5.0, 0.0, 0.0), 0) == 0
+    assert L.slice_at(None, (1.0, 1.0, 1.0), 0) == 0
+    assert L.slice_at(SimpleNamespace(ndim=2), (1.0, 1.0), 0) == 0

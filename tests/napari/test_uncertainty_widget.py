@@ -9,14 +9,12 @@ raising a weights error.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
+from napari_helpers import SlowBackend, cone
 
 from fmseg.incontext import build_sampler
 from fmseg.weights import WeightsError
-from napari_fmseg import _status
 from napari_fmseg._uncertainty_widget import (
     ENTROPY,
     MEAN,
@@ -30,50 +28,16 @@ WAIT_MS = 60_000
 SHAPE = (16, 40, 40)
 
 
-def _cone() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image, labels, and the signed distance (pixels) to the cone's surface in each slice."""
-    z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    radius = np.maximum(0, 14 - 1.6 * np.abs(z - 7.5))
-    distance = np.hypot(y - 20, x - 20) - radius
-    labels = (distance < 0).astype(np.int32)
-    noise = np.random.default_rng(0).normal(0, 0.1, labels.shape).astype(np.float32)
-    return labels + noise, labels, distance
-
-
-class SlowSampler:
-    """Samples nothing, slowly: something to cancel."""
-
-    name = "slow+tta"
-
-    def __init__(self, k: int) -> None:
-        self.k, self.calls = k, 0
-
-    def prepare(self, supports):
-        return supports
-
-    def sample(self, state, queries, positions=None):
-        self.calls += 1
-        time.sleep(0.3)
-        return np.zeros((self.k, *queries.shape), np.float32)
-
-
-@pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    shown: list[str] = []
-    monkeypatch.setattr(_status, "show_error", shown.append)  # the widgets' base
-    return shown
-
-
 def _make(make_napari_viewer, factory=build_sampler, sampler="nearest+tta", k=4, **kwargs):
     viewer = make_napari_viewer()
-    volume, labels, _ = _cone()
+    volume, labels, _ = cone()
     image = viewer.add_image(volume, scale=(2.0, 1.0, 1.0), contrast_limits=(-0.3, 1.3))
     annotations = viewer.add_labels(labels, name="annotations", scale=(2.0, 1.0, 1.0))
     widget = UncertaintyWidget(viewer, sampler_factory=factory, **kwargs)
     widget._sampler_name.value = sampler
     widget._k.value = k
     viewer.window.add_dock_widget(widget)
-    assert widget._image.value is image and widget._labels.value is annotations
+    assert widget.panel._image.value is image and widget.panel._annotations.value is annotations
     return viewer, widget
 
 
@@ -85,8 +49,8 @@ def _goto(viewer, z: int) -> None:
 def _add(viewer, widget, *slices: int) -> None:
     for z in slices:
         _goto(viewer, z)
-        assert widget.current_slice() == z
-        assert widget.add_current_slice(), widget.status.value
+        assert widget.panel.current_slice() == z
+        assert widget.panel.add_current_slice(), widget.status.value
 
 
 def _run(qtbot, widget, method) -> None:
@@ -100,34 +64,38 @@ def _data(viewer, name: str) -> np.ndarray:
 
 
 def _texts(widget) -> set[str]:
-    return {getattr(b, "text", None) for row in widget for b in getattr(row, "_list", [row])}
+    """The texts of every button in a magicgui container, however deeply nested."""
+    if hasattr(widget, "_list"):
+        return set().union(*(_texts(child) for child in widget))
+    return {getattr(widget, "text", None)}
 
 
 def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "Uncertainty")
-    assert isinstance(widget, UncertaintyWidget)
+    _, dock = viewer.window.add_plugin_dock_widget("fmseg", "fmseg")
+    widget = dock.show_tool("Uncertainty")
+    assert isinstance(widget, UncertaintyWidget) and widget.panel is dock.panel
     assert widget._sampler_name.value == "tyche-small"
     assert "nearest+tta" in widget._sampler_name.choices
     assert (widget._k.min, widget._k.max, widget._k.value) == (2, 16, 8)
     assert widget._threshold.value == 0.5 and widget._value.value == 1
-    texts = _texts(widget)
+    texts = _texts(widget) | _texts(widget.panel)
     assert {"Sample slice", "Sample volume", "Commit candidate k", "Commit mean > t"} <= texts
     assert {"Add current slice to support set", "Undo", "Cancel", "Save...", "Clear"} <= texts
-    assert "Segment volume" not in texts and widget._backend_name not in list(widget)
+    assert "Segment volume" not in texts and not hasattr(widget, "_backend_name")
 
 
 def test_support_set_controls_are_the_in_context_ones(make_napari_viewer) -> None:
     viewer, widget = _make(make_napari_viewer)
     _add(viewer, widget, 2, 7, 12)
-    assert len(widget.support) == 3 and widget.support_list.count() == 3
-    assert widget.support_list.item(1).text() == "axis 0, slice 7, labels [1]"
-    widget.support_list.item(0).setSelected(True)
-    widget.remove_selected()
-    assert [e.index for e in widget.support.examples] == [7, 12]
-    widget.clear()
-    assert len(widget.support) == 0 and widget.support_list.count() == 0
-    widget._label.value = 3
+    assert len(widget.panel.support) == 3 and widget.panel.support_list.count() == 3
+    assert widget.panel.support_list.item(1).text() == "axis 0, slice 7, labels [1]"
+    widget.panel.support_list.item(0).setSelected(True)
+    widget.panel.remove_selected()
+    assert [e.index for e in widget.panel.support.examples] == [7, 12]
+    widget.panel.clear()
+    assert len(widget.panel.support) == 0 and widget.panel.support_list.count() == 0
+    widget.panel._label.value = 3
     assert widget._value.value == 3  # the commit label follows the label value
 
 
@@ -147,7 +115,7 @@ def test_sample_volume_layers_and_entropy(make_napari_viewer, qtbot) -> None:
     assert tuple(viewer.layers[ENTROPY].contrast_limits) == (0, 1)
     assert viewer.layers[ENTROPY].colormap.name == "inferno"
     assert viewer.layers[ENTROPY].colorbar.visible
-    _, _, distance = _cone()
+    _, _, distance = cone()
     boundary = heat[np.abs(distance) < 1].mean()
     inside, outside = heat[distance < -6].mean(), heat[distance > 6].mean()
     assert boundary > 0.3 and boundary > 2 * max(inside, outside)  # 0.43 > 0.12, 0.04
@@ -159,7 +127,7 @@ def test_sample_volume_layers_and_entropy(make_napari_viewer, qtbot) -> None:
     assert float(widget.diversity.value.split()[-1]) > 0
     _goto(viewer, 7)
     np.testing.assert_array_equal(annotations.data, before)  # only read
-    assert [lay.name for lay in widget._image.choices] == ["volume"]
+    assert [lay.name for lay in widget.panel._image.choices] == ["volume"]
 
 
 def test_sample_slice_changes_only_that_slice(make_napari_viewer, qtbot) -> None:
@@ -178,7 +146,7 @@ def test_sample_slice_changes_only_that_slice(make_napari_viewer, qtbot) -> None
     _add(viewer, widget, 2, 12)
     _run(qtbot, widget, widget.sample_volume)
     before = {n: _data(viewer, n).copy() for n in (SAMPLES, MEAN, ENTROPY)}
-    widget.clear()
+    widget.panel.clear()
     _add(viewer, widget, 12)  # a different support set: slice 6 changes
     _goto(viewer, 6)
     _run(qtbot, widget, widget.sample_slice)
@@ -199,12 +167,12 @@ def test_commit_candidate_and_mean_with_undo(make_napari_viewer, qtbot, errors) 
     previous[:, 0, 0] = 3  # another structure: kept
     previous[5, 20, 20] = 1
     viewer.add_labels(previous.copy(), name=OUTPUT_LAYER, scale=(2.0, 1.0, 1.0))
-    assert [lay.name for lay in widget._labels.choices] == ["annotations"]
+    assert [lay.name for lay in widget.panel._annotations.choices] == ["annotations"]
     _run(qtbot, widget, widget.sample_volume)
     samples, mean = _data(viewer, SAMPLES), _data(viewer, MEAN)
     _goto(viewer, 5)
     widget._candidate.value = 2
-    assert widget.commit_candidate()
+    _run(qtbot, widget, widget.commit_candidate)  # the merge runs in the worker
     out = _data(viewer, OUTPUT_LAYER).copy()
     expected = previous.copy()
     expected[5][expected[5] == 1] = 0
@@ -214,7 +182,7 @@ def test_commit_candidate_and_mean_with_undo(make_napari_viewer, qtbot, errors) 
     widget._whole.value = True
     widget._value.value = 2
     widget._threshold.value = 0.7
-    assert widget.commit_mean()
+    _run(qtbot, widget, widget.commit_mean)
     both = out.copy()
     both[mean > 0.7] = 2
     np.testing.assert_array_equal(_data(viewer, OUTPUT_LAYER), both)
@@ -239,7 +207,7 @@ def test_commit_only_touches_sampled_slices(make_napari_viewer, qtbot, errors) -
     assert not widget.commit_mean()
     assert errors[-1] == "slice 8 is not sampled: press Sample slice first"
     widget._whole.value = True
-    assert widget.commit_mean()
+    _run(qtbot, widget, widget.commit_mean)
     out = _data(viewer, OUTPUT_LAYER)
     truth7 = viewer.layers["annotations"].data[7]
     assert [z for z in range(16) if out[z].any()] == [6, 9]
@@ -248,16 +216,16 @@ def test_commit_only_touches_sampled_slices(make_napari_viewer, qtbot, errors) -
 
 
 def test_cancel_a_slow_run(make_napari_viewer, qtbot) -> None:
-    slow = SlowSampler(4)
+    slow = SlowBackend(k=4)
     viewer, widget = _make(make_napari_viewer, lambda name, k: slow)
     _add(viewer, widget, 7)
     widget.sample_volume()
     qtbot.waitUntil(lambda: slow.calls >= 1, timeout=WAIT_MS)
     widget.cancel()
-    assert widget.status.value == "Cancelling ..."
+    assert widget.status.value.startswith("Cancelling sample volume")
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert slow.calls < 4  # 16 slices in batches of 4
-    assert "cancelled" in widget.status.value
+    assert widget.status.value == "sample volume cancelled: nothing was changed."
     assert SAMPLES not in viewer.layers and ENTROPY not in viewer.layers
 
 
@@ -296,7 +264,7 @@ def test_errors_before_running(make_napari_viewer, errors) -> None:
     assert not widget.commit_candidate()
     assert errors[-1] == "no samples: press Sample slice or Sample volume first"
     _add(viewer, widget, 7)
-    widget._label.value = 2
+    widget.panel._label.value = 2
     widget.sample_slice()
     assert errors[-1] == "label 2 is not in the support set: [1]"
     assert not widget.busy

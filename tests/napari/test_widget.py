@@ -19,7 +19,6 @@ from fmseg.predictor import Prediction
 from fmseg.progress import Progress
 from fmseg.prompts import Box
 from fmseg.session import Session
-from napari_fmseg import _status
 from napari_fmseg._widget import SHORTCUTS, SegmentWidget
 from napari_fmseg._worker import WorkError, call_work, run_work
 
@@ -68,13 +67,6 @@ class OracleFactory:
         return session
 
 
-@pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    shown: list[str] = []
-    monkeypatch.setattr(_status, "show_error", shown.append)
-    return shown
-
-
 def _make(make_napari_viewer, factory=None, volume=None, **kwargs):
     viewer = make_napari_viewer()
     volume = _volume() if volume is None else volume
@@ -95,6 +87,13 @@ def _idle(qtbot, widget: SegmentWidget) -> None:
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
 
 
+def _run(qtbot, widget: SegmentWidget, method) -> None:
+    """Call a method that runs in the foreground worker, and wait for it."""
+    method()
+    assert widget.jobs.running, widget.status.value
+    qtbot.waitUntil(lambda: not widget.jobs.busy, timeout=WAIT_MS)
+
+
 def _object(widget: SegmentWidget) -> np.ndarray:
     return np.asarray(widget.layers["object"].data)
 
@@ -108,7 +107,8 @@ def _boxed(qtbot, viewer, widget, z: int = 5) -> None:
 
 def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("fmseg", "Segment")
+    _, dock = viewer.window.add_plugin_dock_widget("fmseg", "fmseg")
+    widget = dock.show_tool("Segment")
     assert isinstance(widget, SegmentWidget)
     assert widget.session is None
     assert all(key in widget.tooltip for key, _, _ in SHORTCUTS)
@@ -169,23 +169,24 @@ def test_commit_writes_labels_and_undo_restores(make_napari_viewer, qtbot, error
     _boxed(qtbot, viewer, widget, z=5)
     expected = session.mask.copy()
     widget._label.value = 3
-    widget.commit()
+    _run(qtbot, widget, widget.commit)  # a whole-volume pass: in a worker
     labels = widget.layers["labels"].data
     np.testing.assert_array_equal(labels == 3, expected)
     assert not _object(widget).any() and not session.mask.any()
     assert len(widget.layers["box"].data) == 0 and not session.prompts
     assert "Committed 437 voxels as label 3" in widget.status.value
-    widget.undo()
+    _run(qtbot, widget, widget.undo)
     assert not widget.layers["labels"].data.any()
+    assert widget.status.value == "Last commit undone."
     widget.undo()
-    assert errors == ["nothing to undo: no commit yet"]
+    assert errors == ["nothing to undo: no commit yet"] and not widget.busy
 
 
 def test_restart_keeps_committed_labels(make_napari_viewer, qtbot) -> None:
     viewer, _, widget = _make(make_napari_viewer)
     first = _start(qtbot, widget)
     _boxed(qtbot, viewer, widget, z=5)
-    widget.commit()
+    _run(qtbot, widget, widget.commit)
     labels = widget.layers["labels"]
     second = _start(qtbot, widget)
     assert second is not first and widget.layers["labels"] is labels
@@ -218,7 +219,7 @@ def test_labels_save_on_the_image_grid(make_napari_viewer, qtbot, tmp_path) -> N
     widget = SegmentWidget(viewer, session_factory=OracleFactory())
     _start(qtbot, widget)
     _boxed(qtbot, viewer, widget, z=30)
-    widget.commit()
+    _run(qtbot, widget, widget.commit)
     [path] = widget.layers["labels"].save(str(tmp_path / "seg.nii.gz"), plugin="fmseg")
     saved, image = load_volume(path), load_volume(SAMPLE_CT)
     np.testing.assert_allclose(saved.affine, image.affine)
@@ -286,7 +287,7 @@ def test_2d_image(make_napari_viewer, qtbot) -> None:
     qtbot.waitUntil(lambda: _object(widget).any(), timeout=WAIT_MS)
     _idle(qtbot, widget)
     assert _object(widget).shape == (48, 48) and _object(widget).sum() == 19 * 23
-    widget.commit()
+    _run(qtbot, widget, widget.commit)
     assert widget.layers["labels"].data.shape == (48, 48)
     assert widget.layers["labels"].data.sum() == 19 * 23
 
