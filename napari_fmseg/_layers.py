@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fmseg import get_spec
+from fmseg import Window, get_spec
 from fmseg.prompts import Box, Point, Prompts
 
 #: Names of the layers the Segment tool manages.
@@ -197,6 +197,15 @@ def embedding_order(n: int, start: int) -> list[int]:
 def point_model_for(model: str) -> str | None:
     """The click model sharing ``model``'s image encoder, or None (the box model takes clicks)."""
     return get_spec(model).click_model
+
+
+def contrast_window(image: Any) -> Window:
+    """The intensity window of an image layer: its contrast limits, i.e. what the user sees.
+
+    Every tool (Segment, In-context, Uncertainty) runs its model with this fixed window.
+    """
+    low, high = (float(v) for v in image.contrast_limits)
+    return Window.fixed(low, high)
 
 
 def geometry(layer: Any) -> dict[str, Any]:

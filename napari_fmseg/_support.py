@@ -22,6 +22,7 @@ from qtpy.QtCore import QSize
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem
 
+from fmseg import Window
 from fmseg.incontext import SupportSet, add_slice
 
 from . import _layers as L
@@ -69,11 +70,6 @@ def _icon(rgb: np.ndarray) -> QIcon:
     return QIcon(QPixmap.fromImage(image))
 
 
-def window(image: Image) -> tuple[float, float]:
-    """The intensity window of supports and queries: the layer's contrast limits."""
-    return tuple(float(v) for v in image.contrast_limits)
-
-
 def source(image: Image) -> str:
     """Cheap identity of a layer's volume for matching slice positions.
 
@@ -105,7 +101,7 @@ class Query:
     index: int
     whole: bool
     support: SupportSet
-    window: tuple[float, float]
+    window: Window
     source: str
 
     @property
@@ -192,7 +188,7 @@ class SupportPanel(mw.Container):
         try:
             add_slice(
                 self.support, np.asarray(image.data), np.asarray(labels.data), axis, index,
-                window=window(image), label=value or None, source=source(image),
+                window=L.contrast_window(image), label=value or None, source=source(image),
             )  # fmt: skip
         except ValueError as exc:
             return self.status.error(str(exc))
@@ -278,5 +274,5 @@ class SupportPanel(mw.Container):
         snapshot = SupportSet(list(self.support.examples), dict(self.support.names))
         return Query(
             image, np.asarray(image.data), value, self._axis.value, self.current_slice(), whole,
-            snapshot, window(image), source(image),
+            snapshot, L.contrast_window(image), source(image),
         )  # fmt: skip

@@ -80,7 +80,8 @@ class SegmentWidget(mw.Container):
         viewer: The napari viewer (npe2 passes it).
         tiny: Use tiny random-weight models (tests and demos without weights).
         session_factory: Builds the session, ``factory(volume, spacing=..., model=...,
-            point_model=...)``; defaults to :class:`fmseg.Session`.
+            point_model=..., window=...)``; defaults to :class:`fmseg.Session`. The window is
+            the image layer's contrast limits (:func:`._layers.contrast_window`).
     """
 
     def __init__(
@@ -171,8 +172,9 @@ class SegmentWidget(mw.Container):
         self._stop()
         model, data, spacing = self._model.value, layer.data, tuple(layer.scale)
         make = functools.partial(
-            self._factory, spacing=spacing, model=model, point_model=L.point_model_for(model)
-        )
+            self._factory, spacing=spacing, model=model, point_model=L.point_model_for(model),
+            window=L.contrast_window(layer),
+        )  # fmt: skip
         self.status.say(f"Loading {model} for '{layer.name}' ...")
         work = call_work(lambda: make(np.asarray(data)), f"loading {model}")
         self._launch(work, "start", lambda s: self._on_session(s, layer))

@@ -17,6 +17,7 @@ from .prompts import Box, Point, PromptError, Prompts
 from .registry import REGISTRY, ModelSpec, get_spec, load_model
 from .session import Session
 from .weights import WeightsError, WeightsSource
+from .window import Window
 
 __all__ = [
     "REGISTRY",
@@ -35,6 +36,7 @@ __all__ = [
     "Volume",
     "WeightsError",
     "WeightsSource",
+    "Window",
     "drain",
     "get_spec",
     "load_model",

@@ -13,15 +13,15 @@ from .progress import Progress, Work
 from .prompts import Box, Point, Prompts
 from .refine import refine_with_click
 from .registry import get_spec, load_model
-from .transforms import intensity_window
 from .validation import check_label_value, check_volume
 from .weights import sha256_of
+from .window import Window, WindowLike
 
 SliceKey = tuple[int, int]  # (axis, index)
 
 
 def _adapted_box_model(path: str, base: str, tiny: bool, device, checkpoint):
-    """The base SAM model with a box-head adapter merged into its weights."""
+    """The base SAM model with a box-head adapter merged in, and the adapter's window."""
     from .adapters.api import load_adapter
     from .adapters.methods import merge_adapters
 
@@ -31,7 +31,7 @@ def _adapted_box_model(path: str, base: str, tiny: bool, device, checkpoint):
             f"adapter {path} has a prompt-free head: apply it to whole slices/volumes "
             "(fmseg segment --adapter without prompts, or fmseg.adapters.predict)"
         )
-    return merge_adapters(adapted.net).eval()
+    return merge_adapters(adapted.net).eval(), adapted.window
 
 
 class Session:
@@ -47,7 +47,9 @@ class Session:
         model: Registry name of the box model.
         point_model: Registry name of the click model (shares the image encoder), ``"auto"``
             for the box model's registered ``click_model``, or None.
-        window: Intensity window ``(low, high)``; None uses robust percentiles.
+        window: Intensity window: a :class:`~fmseg.window.Window`, an explicit
+            ``(low, high)``, or None (the adapter's training window with ``adapter``, else
+            the default 0.5-99.5 percentiles). Resolved once; :attr:`window` holds the range.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
         cache: Embedding cache (a bounded in-memory one by default).
         checkpoint: Local checkpoint for models without bundled weights.
@@ -62,7 +64,7 @@ class Session:
         spacing: Iterable[float] | None = None,
         model: str = "litemedsam",
         point_model: str | None = "auto",
-        window: tuple[float, float] | None = None,
+        window: WindowLike = None,
         device: str | None = None,
         cache: EmbeddingCache | None = None,
         checkpoint: str | None = None,
@@ -74,14 +76,16 @@ class Session:
         self.spacing = tuple(float(s) for s in (spacing or (1.0,) * self.volume.ndim))
         if len(self.spacing) == 2:
             self.spacing = (1.0, *self.spacing)
-        self.window = intensity_window(self.volume, window)
         spec = get_spec(model)
         self.model_name = model
         if adapter is None:
             net = load_model(model, checkpoint, tiny, device)
         else:
-            net = _adapted_box_model(adapter, model, tiny, device, checkpoint)
+            net, trained = _adapted_box_model(adapter, model, tiny, device, checkpoint)
+            window = trained if window is None else window  # an explicit window overrides
             self.model_name = f"{model}+adapter:{sha256_of(adapter)[:16]}"
+        self.window_policy = Window.of(window)
+        self.window = self.window_policy.resolve(self.volume)
         self.predictor = SamPredictor(net, spec.normalisation)
         if point_model == "auto":
             point_model = spec.click_model

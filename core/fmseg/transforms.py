@@ -15,6 +15,9 @@ import torch
 from torch.nn import functional as F
 
 from .prompts import Box, Prompts
+from .window import intensity_window
+
+__all__ = ["SliceFrame", "intensity_window", "prepare_slice"]  # the window rule: .window
 
 
 @dataclass(frozen=True)
@@ -79,24 +82,6 @@ class SliceFrame:
         t = F.pad(t, (0, self.size - w, 0, self.size - h))
         t = F.interpolate(t, (low_res, low_res), mode="bilinear", align_corners=False)
         return (t > 0.5).float() * 20.0 - 10.0
-
-
-def intensity_window(volume: np.ndarray, window: tuple[float, float] | None) -> tuple[float, float]:
-    """The (low, high) intensity range used to map a volume to [0, 255].
-
-    Args:
-        volume: Any-dimensional intensity array (finite values).
-        window: Explicit ``(low, high)``, e.g. a CT preset; None picks the 0.5-99.5 percentiles
-            of the volume, as MedSAM does for non-CT images.
-    """
-    if window is not None:
-        lo, hi = float(window[0]), float(window[1])
-    else:
-        sample = volume.ravel()[:: max(1, volume.size // 2_000_000)]
-        lo, hi = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
-    if hi <= lo:
-        hi = lo + 1.0
-    return lo, hi
 
 
 def prepare_slice(

@@ -78,6 +78,19 @@ def test_box_adapter_in_session_and_refusals(tmp_path):
         Session(vol, tiny=True, adapter=str(probe))
 
 
+def test_adapt_stores_its_window_and_segment_applies_it(tmp_path):
+    img, lab = _files(tmp_path)
+    adapter, out, given = tmp_path / "a.pt", tmp_path / "m.nii.gz", tmp_path / "g.nii.gz"
+    train = ["adapt", "--train", f"{img}:{lab}:1,3", "--label", "2", "--axis", "0"]
+    args = ["--method", "linear-probe", "--steps", "2", "--window", "-1", "3"]
+    assert main([*train, *args, "--out", str(adapter)]) == 0
+    assert api.read_adapter(adapter)["window"] == {"mode": "fixed", "low": -1.0, "high": 3.0}
+    segment = ["segment", str(img), "--adapter", str(adapter), "--axis", "0"]
+    assert main([*segment, "--out", str(out)]) == 0
+    assert main([*segment, "--window", "-1", "3", "--out", str(given)]) == 0
+    np.testing.assert_array_equal(nib.load(out).get_fdata(), nib.load(given).get_fdata())
+
+
 def test_adapt_refuses_a_head_that_does_not_fit_before_training(tmp_path, capsys):
     img, lab = _files(tmp_path)
     args = ["adapt", "--train", f"{img}:{lab}", "--label", "2", "--out", str(tmp_path / "a.pt")]

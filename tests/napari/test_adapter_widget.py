@@ -193,9 +193,9 @@ def test_cancel_keeps_adapter_and_file(make_napari_viewer, qtbot, tmp_path) -> N
 def test_box_head_needs_a_box(make_napari_viewer, qtbot, errors, monkeypatch) -> None:
     runs: list[list[int]] = []
 
-    def spy(model, volume, axis, slices, boxes, spacing):
+    def spy(model, volume, axis, slices, boxes, spacing, window=None):
         runs.append(sorted(boxes))
-        return predict_slices_iter(model, volume, axis, slices, boxes, spacing)
+        return predict_slices_iter(model, volume, axis, slices, boxes, spacing, window)
 
     monkeypatch.setattr(facade, "predict_slices_iter", spy)
     viewer, widget = _make(make_napari_viewer, steps=3, method="decoder")

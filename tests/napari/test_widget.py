@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from fmseg import Window
 from fmseg.predictor import Prediction
 from fmseg.progress import Progress
 from fmseg.prompts import Box
@@ -112,6 +113,16 @@ def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
     assert isinstance(widget, SegmentWidget)
     assert widget.session is None
     assert all(key in widget.tooltip for key, _, _ in SHORTCUTS)
+
+
+def test_the_session_runs_with_the_layers_contrast_limits(make_napari_viewer, qtbot) -> None:
+    viewer, image, widget = _make(make_napari_viewer)
+    image.contrast_limits = (-20.0, 150.0)  # what the user sees is what the model sees
+    session = _start(qtbot, widget)
+    assert session.window_policy == Window.fixed(-20.0, 150.0)
+    assert session.window == (-20.0, 150.0)
+    image.contrast_limits = (0.0, 100.0)  # a new Start picks up the new limits
+    assert _start(qtbot, widget).window == (0.0, 100.0)
 
 
 def test_start_creates_layers_with_the_image_geometry(make_napari_viewer, qtbot) -> None:
@@ -368,5 +379,6 @@ def test_real_litemedsam_segments_the_liver(make_napari_viewer, qtbot) -> None:
     dice = 2 * (got & truth[z]).sum() / (got.sum() + truth[z].sum())
     assert dice > 0.75  # measured 0.80 (LiteMedSAM, tight box, slice 32)
     box = Box(cols.min(), rows.min(), cols.max(), rows.max())
-    direct = Session(data, spacing=kwargs["scale"]).set_box(0, z, box)
+    window = tuple(kwargs["contrast_limits"])  # the widget runs with what the user sees
+    direct = Session(data, spacing=kwargs["scale"], window=window).set_box(0, z, box)
     np.testing.assert_array_equal(got, direct)  # the widget adds nothing to the core's answer

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from slicer_helpers import roi_around as _roi_around
 
-from fmseg import Progress, drain
+from fmseg import Progress, Window, drain
+from fmseg.window import intensity_window
 
 pytestmark = pytest.mark.slicer
 
@@ -67,6 +68,21 @@ def test_sessions_are_reused_until_the_volume_changes(scene, phantom):
 
     slicer.util.updateVolumeFromArray(volume, array + 1.0)
     assert drain(logic.session_iter(logic.read_volume(volume))) is not first
+
+
+def test_the_session_runs_with_the_volumes_window_level(scene, phantom):
+    volume, _ = phantom
+    logic = FMSegLogic(scene, tiny=True)
+    shown = logic.read_volume(volume)  # no display node yet: the default policy
+    assert shown.window is None
+    assert drain(logic.session_iter(shown)).window == intensity_window(shown.array, None)
+    volume.CreateDefaultDisplayNodes()
+    display = volume.GetDisplayNode()
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevel(200.0, 40.0)  # what the user sees: -60..140
+    shown = logic.read_volume(volume)
+    assert shown.window == Window.fixed(-60.0, 140.0)
+    assert drain(logic.session_iter(shown)).window == (-60.0, 140.0)  # a new session
 
 
 def test_propagate_returns_a_volume_mask_with_the_seed_slice(scene, phantom):

@@ -17,6 +17,7 @@ import torch
 from ..progress import Work
 from ..registry import get_spec, load_model
 from ..weights import WeightsError, WeightsSource, resolve, sha256_of
+from ..window import Window, WindowLike
 from .bases import (
     AdaptedModel,
     AdapterConfig,
@@ -90,7 +91,7 @@ def build_adapted(
 def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings: TrainSettings):
     """The feeder matching ``model`` (2D slices or 3D patches) for ``annotations``."""
     if isinstance(model, SamAdapted):
-        samples = slice_samples(annotations, model.net.img_size)
+        samples = slice_samples(annotations, model.net.img_size, window=model.window)
         return SliceFeeder(model, samples, settings.val_fraction, settings.augment, settings.seed)
     multiple = model.multiple
     samples = [volume_sample(a, grid_mm(model.base_id), multiple) for a in annotations]
@@ -118,6 +119,7 @@ def train_adapter_iter(
     tiny: bool = False,
     device: str | None = None,
     checkpoint: str | None = None,
+    window: WindowLike = None,
 ) -> Work[AdaptResult]:
     """Train an adapter on annotated images; yields progress, returns :class:`AdaptResult`.
 
@@ -129,6 +131,8 @@ def train_adapter_iter(
         tiny: Tiny random-weight base (tests).
         device: ``"cpu"``, ``"cuda"`` or None.
         checkpoint: Local weights for bases without bundled weights.
+        window: 2D bases: intensity window of the training images (None: the default
+            0.5-99.5 percentiles of each); kept in the adapter and used to apply it.
 
     Raises:
         AnnotationError: Unusable annotations (message names the problem).
@@ -142,6 +146,7 @@ def train_adapter_iter(
         config = replace(config, patch=settings.patch)
     torch.manual_seed(settings.seed)
     model = build_adapted(base, config, tiny, device, checkpoint)
+    model.window = Window.of(window)
     feeder = make_feeder(model, annotations, settings)
     result = yield from train_iter(model, feeder, settings)
     result.trainable = dict(model.trainable)
@@ -166,6 +171,10 @@ def save_adapter(path: str | os.PathLike, model: AdaptedModel, metrics: dict | N
             "config": model.config.to_dict(),
             "state": model.adapter_state(),
             "metrics": metrics or {},
+            # The policy, not one volume's (low, high): a fixed window (a CT preset in HU)
+            # applies as is to any CT, while percentiles were taken per training image and
+            # must be taken on each new volume too (MR has no absolute intensity scale).
+            "window": model.window.to_dict(),
         },
         path,
     )
@@ -219,4 +228,5 @@ def load_adapter(
         raise AdapterError(f"adapter {path} does not fit its base model's structure")
     model.load_state_dict(ckpt["state"], strict=False)
     model.metrics = ckpt.get("metrics", {})
+    model.window = Window.from_dict(ckpt.get("window"))  # older files: the default they used
     return model.eval()

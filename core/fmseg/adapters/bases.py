@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..window import DEFAULT_WINDOW
 from . import methods as M
 from .heads import build_head
 
@@ -106,6 +107,7 @@ class AdaptedModel(nn.Module):
         self.trainable: dict[str, int] = {}  # parameters per method (set by apply_methods)
         self.fingerprint = ""  # SHA-256 of the base weights (set by build_adapted)
         self.metrics: dict = {}  # training metrics of a loaded adapter file
+        self.window = DEFAULT_WINDOW  # 2D: window trained and applied with (3D: z-score)
 
     def prefixes(self, where: str) -> tuple[str, ...]:
         """Module-name prefixes (inside :attr:`net`) of ``"encoder"``, ``"decoder"``, ``"both"``."""

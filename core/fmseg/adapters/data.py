@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from ..registry import get_spec
-from ..transforms import SliceFrame, intensity_window, prepare_slice
+from ..transforms import SliceFrame, prepare_slice
 from ..validation import check_volume
+from ..window import WindowLike, intensity_window
 from .sliding import pad_to_multiple
 
 MIN_VOXELS = 10
@@ -117,19 +118,25 @@ def _box(target: torch.Tensor, margin: float) -> torch.Tensor | None:
 
 
 def slice_samples(
-    annotations: Sequence[Annotation], size: int, box_margin: float = 3.0
+    annotations: Sequence[Annotation],
+    size: int,
+    box_margin: float = 3.0,
+    window: WindowLike = None,
 ) -> list[SliceSample]:
-    """All annotated slices of ``annotations`` as :class:`SliceSample` (model frame ``size``)."""
+    """All annotated slices of ``annotations`` as :class:`SliceSample` (model frame ``size``).
+
+    ``window`` (None: the default policy) is resolved on each training image.
+    """
     samples = []
     for a in map(check_annotation, annotations):
-        window = intensity_window(a.image, None)
+        win = intensity_window(a.image, window)
         sp = tuple(s for i, s in enumerate(a.spacing) if i != a.axis)
         for s in a.annotated_slices():
             img = np.take(a.image, s, a.axis)
             frame = SliceFrame.for_slice(img.shape, sp, size)
             target = _to_frame(np.take(a.labels, s, a.axis) == a.label, frame)
             weight = _to_frame(np.ones(img.shape, bool), frame)
-            x = prepare_slice(img, window, frame)[0]
+            x = prepare_slice(img, win, frame)[0]
             samples.append(SliceSample(x, target, weight, _box(target, box_margin), frame))
     return samples
 

@@ -28,6 +28,7 @@ import numpy as np
 from ..progress import Work
 from ..prompts import Box
 from ..registry import REGISTRY
+from ..window import WindowLike
 from .api import BASE_DIMS, base_dims
 from .bases import AdaptedModel, AdapterConfig
 from .methods import PEFT_METHODS, MethodError, parse_method
@@ -186,6 +187,7 @@ def apply_iter(
     slices: Sequence[int] | None = None,
     boxes: Mapping[int, Box] | None = None,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    window: WindowLike = None,
 ) -> Work[np.ndarray]:
     """Foreground probability of an adapted model on ``volume``; yields progress.
 
@@ -199,6 +201,9 @@ def apply_iter(
         slices: Slices to run (None: all; with boxes: the boxed ones).
         boxes: Box per slice index; needed by ``head="box"`` adapters.
         spacing: Voxel size per axis (mm).
+        window: 2D adapters: an explicit intensity window overriding the one the adapter
+            was trained with (None: that one, ``model.window``). 3D adapters z-score the
+            volume instead and ignore it.
 
     Returns:
         ``volume``-shaped float32 probability (0 on slices not run); compare with
@@ -209,4 +214,4 @@ def apply_iter(
     """
     if model.dims == 3:
         return (yield from predict_volume_iter(model, volume, spacing))
-    return (yield from predict_slices_iter(model, volume, axis, slices, boxes, spacing))
+    return (yield from predict_slices_iter(model, volume, axis, slices, boxes, spacing, window))

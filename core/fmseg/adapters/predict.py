@@ -12,8 +12,9 @@ from ..predictor import SamPredictor
 from ..progress import Progress, Work
 from ..prompts import Box
 from ..registry import get_spec
-from ..transforms import SliceFrame, intensity_window, prepare_slice
+from ..transforms import SliceFrame, prepare_slice
 from ..validation import check_volume
+from ..window import WindowLike, intensity_window
 from .bases import AdaptedModel, SamAdapted, decode_by_patches
 from .data import grid_mm, to_model_grid
 from .sliding import pad_to_multiple, sliding_window_iter
@@ -49,6 +50,7 @@ def predict_slices_iter(
     slices: Iterable[int] | None = None,
     boxes: Mapping[int, Box] | None = None,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    window: WindowLike = None,
 ) -> Work[np.ndarray]:
     """Probabilities of a 2D adapted model on slices of ``volume``; yields progress.
 
@@ -60,6 +62,8 @@ def predict_slices_iter(
         boxes: Box per slice index (needed for ``head="box"`` adapters; slices without a
             box stay 0).
         spacing: Voxel size per axis.
+        window: Intensity window overriding the one the adapter was trained with
+            (``model.window``, the default); resolved on ``volume``.
 
     Returns:
         ``(D0, D1, D2)`` float32 foreground probability (0 on slices not run).
@@ -69,7 +73,7 @@ def predict_slices_iter(
     if model.head_kind == "box" and not boxes:
         raise ValueError("this adapter keeps the box-prompted decoder: give a box per slice")
     todo = sorted(boxes) if slices is None and boxes else list(slices or range(volume.shape[axis]))
-    window = intensity_window(volume, None)
+    window = intensity_window(volume, model.window if window is None else window)
     sp = tuple(s for i, s in enumerate(spacing) if i != axis)
     embed = _embedder(model)
     prob = np.zeros(volume.shape, np.float32)

@@ -20,7 +20,7 @@ from ..adapters.facade import HEADS, WHERES, adapter_bases, default_settings, re
 from ..adapters.methods import METHODS
 from ..adapters.trainer import TrainSettings
 from ..progress import drain
-from .common import add_device, print_progress
+from .common import add_device, add_window, print_progress
 from .files import ADAPTER, check_outputs, read_pair
 
 
@@ -47,6 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--patch", type=int, default=64, help="3D patch side (multiple of 16)")
     s.add_argument("--checkpoint", help="base weights for models without bundled weights")
+    add_window(
+        s,
+        "2D bases: fixed intensity window of the training images, e.g. -160 240 for CT; "
+        "kept in the adapter file (default: each image's 0.5-99.5 %%)",
+    )
     add_device(s)
     s.add_argument("--out", required=True, help="adapter file to write (.pt)")
     s.set_defaults(run=run)
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         settings,
         device=args.device,
         checkpoint=args.checkpoint,
+        window=args.window,
     )
     result = drain(work, print_progress)
     metrics = result.metrics()

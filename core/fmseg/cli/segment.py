@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--checkpoint", help="checkpoint file for models without bundled weights")
     add_window(
         s,
-        "intensity window, e.g. -160 240 for abdominal CT",
+        "intensity window, e.g. -160 240 for abdominal CT (default: with --adapter the one it "
+        "was trained with, else the 0.5-99.5 percentiles)",
     )
     add_device(s)
     s.add_argument(
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
 def segment_with_adapter(args: argparse.Namespace, vol: Volume) -> int:
     """Prompt-free ``fmseg segment --adapter``: every slice (2D auto head) or the volume (3D)."""
     model = load_adapter(args.adapter, device=args.device, checkpoint=args.checkpoint)
-    prob = drain(apply_iter(model, vol.array, args.axis, spacing=vol.spacing), print_progress)
+    work = apply_iter(model, vol.array, args.axis, spacing=vol.spacing, window=args.window)
+    prob = drain(work, print_progress)
     labels = (prob > THRESHOLD).astype(np.uint16) * args.label
     save_labels(args.out, labels, vol.affine)
     n = int((labels > 0).sum())

@@ -9,14 +9,14 @@ import numpy as np
 from ..cache import array_digest
 from ..progress import Progress, Work
 from ..validation import check_slices, check_volume
+from ..window import WindowLike, intensity_window
 from .backends import Backend, Position, Supports
 from .support import SupportSet, normalise
 
 
 def volume_window(volume: np.ndarray) -> tuple[float, float]:
-    """Default intensity window of a volume: its 0.5-99.5 percentiles."""
-    lo, hi = np.percentile(np.asarray(volume, np.float32), (0.5, 99.5))
-    return float(lo), float(hi)
+    """The default window policy resolved on ``volume`` (its 0.5-99.5 percentiles)."""
+    return intensity_window(volume, None)
 
 
 def volume_source(volume: np.ndarray) -> str:
@@ -30,7 +30,7 @@ def add_slice(
     labels: np.ndarray,
     axis: int,
     index: int,
-    window: tuple[float, float] | None = None,
+    window: WindowLike = None,
     label: int | None = None,
     source: str | None = None,
 ) -> None:
@@ -46,8 +46,8 @@ def add_slice(
         labels: Label volume of the same shape.
         axis: Slicing axis.
         index: Slice index along ``axis``.
-        window: Intensity window (None: :func:`volume_window` of ``volume``); use the same
-            one for the queries.
+        window: Intensity window policy or ``(low, high)``, resolved on the whole
+            ``volume`` (None: the default policy); use the same one for the queries.
         label: Keep only this label value; None keeps every label.
         source: Identity of ``volume`` (None: its :func:`volume_source`).
 
@@ -65,7 +65,7 @@ def add_slice(
         if not np.any(lab == label):
             raise ValueError(f"label {label} is absent from slice {index} (axis {axis})")
         lab = (lab == label).astype(np.int32) * label
-    win = window if window is not None else volume_window(volume)
+    win = intensity_window(volume, window)
     src = source if source is not None else volume_source(volume)
     support.add(img, lab, win, src, axis, index)
 
@@ -73,7 +73,7 @@ def add_slice(
 def volume_queries(
     volume: np.ndarray,
     axis: int,
-    window: tuple[float, float] | None,
+    window: WindowLike,
     slices: list[int] | None,
     source: str | None,
 ) -> tuple[np.ndarray, list[int], np.ndarray, list[Position]]:
@@ -85,7 +85,7 @@ def volume_queries(
     volume = check_volume(volume)
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
-    win = window if window is not None else volume_window(volume)
+    win = intensity_window(volume, window)
     idx = list(range(volume.shape[axis])) if slices is None else sorted(set(slices))
     check_slices(idx, volume.shape, axis)
     moved = np.moveaxis(volume, axis, 0)
@@ -171,7 +171,7 @@ def segment_volume_iter(
     support: SupportSet,
     volume: np.ndarray,
     axis: int = 0,
-    window: tuple[float, float] | None = None,
+    window: WindowLike = None,
     labels: list[int] | None = None,
     slices: list[int] | None = None,
     batch: int = 8,
@@ -184,7 +184,8 @@ def segment_volume_iter(
         support: The annotated slices.
         volume: ``(D, H, W)`` raw intensities.
         axis: Slicing axis.
-        window: Intensity window (None: :func:`volume_window`); match the supports'.
+        window: Intensity window policy or ``(low, high)`` (None: the default policy);
+            match the supports'.
         labels: Label values to segment (None: all in the support set).
         slices: Indices along ``axis`` to segment (None: all); others stay 0.
         batch: Queries per backend call.

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..progress import Progress, Work
+from ..window import WindowLike
 from .backends import Backend, Supports, resize, stack_resized
 from .segment import _supports, volume_queries
 from .support import SupportSet
@@ -173,7 +174,7 @@ def sample_volume_iter(
     support: SupportSet,
     volume: np.ndarray,
     axis: int = 0,
-    window: tuple[float, float] | None = None,
+    window: WindowLike = None,
     label: int | None = None,
     slices: list[int] | None = None,
     batch: int = 4,
@@ -186,7 +187,7 @@ def sample_volume_iter(
         support: The annotated slices.
         volume: ``(D, H, W)`` raw intensities.
         axis: Slicing axis.
-        window: Intensity window (None: the volume's 0.5-99.5 percentiles).
+        window: Intensity window policy or ``(low, high)`` (None: the default policy).
         label: Label value to segment (None: any non-zero label).
         slices: Indices along ``axis`` to sample (None: all); others stay 0.
         batch: Queries per step.

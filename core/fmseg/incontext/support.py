@@ -15,23 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from ..validation import check_volume
+from ..window import WindowLike, intensity_window
 
 
-def normalise(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+def normalise(image: np.ndarray, window: WindowLike = None) -> np.ndarray:
     """Map intensities to float32 [0, 1].
 
     Args:
         image: ``(H, W)`` or ``(N, H, W)`` raw intensities.
-        window: ``(low, high)`` to clip to (e.g. a CT window or napari's contrast limits);
-            None uses the 0.5-99.5 percentiles of ``image`` itself.
+        window: A :class:`~fmseg.window.Window` or ``(low, high)`` (e.g. a CT window or
+            napari's contrast limits); None uses the default policy on ``image`` itself.
     """
     img = np.asarray(image, dtype=np.float32)
-    if window is None:
-        lo, hi = np.percentile(img, (0.5, 99.5))
-    else:
-        lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        return np.zeros_like(img)
+    lo, hi = intensity_window(img, window)
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
@@ -45,6 +41,8 @@ class SupportExample:
         source: Where it came from (file name or data hash); "" when unknown.
         axis: Slicing axis in the source volume, or -1.
         index: Slice index along ``axis``, or -1.
+        window: The ``(low, high)`` that mapped the raw slice to ``image``; None when
+            unknown (sets saved before windows were recorded).
     """
 
     image: np.ndarray
@@ -52,6 +50,7 @@ class SupportExample:
     source: str = ""
     axis: int = -1
     index: int = -1
+    window: tuple[float, float] | None = None
 
 
 @dataclass
@@ -73,7 +72,7 @@ class SupportSet:
         self,
         image: np.ndarray,
         labels: np.ndarray,
-        window: tuple[float, float] | None = None,
+        window: WindowLike = None,
         source: str = "",
         axis: int = -1,
         index: int = -1,
@@ -93,7 +92,9 @@ class SupportSet:
             raise ValueError(f"support image {image.shape} and mask {labels.shape} differ in size")
         if not np.any(labels):
             raise ValueError("this support slice has no labelled pixel; annotate it first")
-        ex = SupportExample(normalise(image, window), labels.astype(np.int32), source, axis, index)
+        win = intensity_window(image, window)
+        lab = labels.astype(np.int32)
+        ex = SupportExample(normalise(image, win), lab, source, axis, index, win)
         self.examples.append(ex)
         return ex
 
@@ -137,10 +138,16 @@ class SupportSet:
             arrays[f"labels_{i}"] = ex.labels
         meta = {
             "format": "fmseg-support-set",
-            "version": 1,
+            "version": 2,  # 2: each example's window; version 1 files load without it
             "names": {str(k): v for k, v in self.names.items()},
             "examples": [
-                {"source": ex.source, "axis": ex.axis, "index": ex.index, "shape": ex.image.shape}
+                {
+                    "source": ex.source,
+                    "axis": ex.axis,
+                    "index": ex.index,
+                    "shape": ex.image.shape,
+                    "window": None if ex.window is None else list(ex.window),
+                }
                 for ex in self.examples
             ],
         }
@@ -169,7 +176,10 @@ class SupportSet:
                     img, lab = arrays[f"image_{i}"], arrays[f"labels_{i}"]
                 except KeyError:
                     raise ValueError(f"{path.name} lacks example {i} listed in the json") from None
-                out.examples.append(SupportExample(img, lab, m["source"], m["axis"], m["index"]))
+                win = tuple(m["window"]) if m.get("window") is not None else None
+                out.examples.append(
+                    SupportExample(img, lab, m["source"], m["axis"], m["index"], win)
+                )
         return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-from fmseg import Progress, Session, coords, uncertainty
+from fmseg import Progress, Session, Window, coords, uncertainty
 from fmseg.incontext import (
     InContextResult,
     SupportSet,
@@ -31,9 +31,9 @@ from fmseg.incontext import (
     sample_volume_iter,
     segment_volume_iter,
     volume_source,
-    volume_window,
 )
 from fmseg.progress import Work
+from fmseg.window import intensity_window
 
 from . import markups, mrml
 from .adapters import AdapterFile, AdapterLogic
@@ -49,17 +49,20 @@ class VolumeInput:
         array: ``(K, J, I)`` float32 copy of the voxels.
         ijk_to_ras: The node's ``IJKToRAS`` matrix.
         mtime: Modification time of the image data (a changed volume gets a new session).
+        window: The intensity window: the display node's window/level (what the user
+            sees), or None (no display node: the default policy).
     """
 
     node_id: str
     array: np.ndarray
     ijk_to_ras: np.ndarray
     mtime: int
+    window: Window | None = None
 
     @property
-    def key(self) -> tuple[str, int]:
-        """Identity of this version of the volume."""
-        return self.node_id, self.mtime
+    def key(self) -> tuple[str, int, Window | None]:
+        """Identity of this version of the volume, as the models see it."""
+        return self.node_id, self.mtime, self.window
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -107,14 +110,16 @@ class FMSegLogic(AdapterLogic):
         self._sessions: dict[str, tuple[tuple, Session]] = {}
         self._histories: dict[str, Any] = {}
         self._networks: dict[tuple, Any] = {}
-        self._volume_stats: dict[tuple[str, int], tuple[tuple[float, float], str]] = {}
+        self._volume_stats: dict[tuple, tuple[tuple[float, float], str]] = {}
 
     # -- read (main thread) -----------------------------------------------------------------
     def read_volume(self, volume_node) -> VolumeInput:
         """Copy a scalar volume's voxels and geometry for the work step."""
         array = mrml.volume_array(volume_node)
         mtime = volume_node.GetImageData().GetMTime()
-        return VolumeInput(volume_node.GetID(), array, mrml.ijk_to_ras(volume_node), mtime)
+        shown = mrml.display_window(volume_node)
+        window = None if shown is None else Window.fixed(*shown)
+        return VolumeInput(volume_node.GetID(), array, mrml.ijk_to_ras(volume_node), mtime, window)
 
     def view_axis(self, volume_node, view: str = "axial") -> int:
         """The array axis to slice along for a slice view ("axial", "coronal", "sagittal")."""
@@ -138,7 +143,8 @@ class FMSegLogic(AdapterLogic):
         """The volume's :class:`fmseg.Session`, made (model loading) on first use.
 
         With a box-head ``adapter`` (:meth:`read_adapter`) the session's model is the adapter's
-        base with the adapter merged in; the volume's session is remade when this changes.
+        base with the adapter merged in, run with the window it was trained with; the volume's
+        session is remade when this changes. Without, the window is the volume's (as shown).
         """
         key = (volume.key, None if adapter is None else adapter.key)
         cached = self._sessions.get(volume.node_id)
@@ -149,6 +155,7 @@ class FMSegLogic(AdapterLogic):
         session = Session(
             volume.array, spacing=volume.spacing, model=model, device=self.device,
             tiny=self.tiny, adapter=None if adapter is None else adapter.path,
+            window=volume.window if adapter is None else None,
         )  # fmt: skip
         self._sessions[volume.node_id] = (key, session)
         return session
@@ -216,7 +223,7 @@ class FMSegLogic(AdapterLogic):
     def _stats(self, volume: VolumeInput) -> tuple[tuple[float, float], str]:
         """Intensity window and identity of a volume, computed once per version."""
         if volume.key not in self._volume_stats:
-            window = volume_window(volume.array)
+            window = intensity_window(volume.array, volume.window)
             self._volume_stats[volume.key] = (window, volume_source(volume.array))
         return self._volume_stats[volume.key]
 

@@ -68,6 +68,18 @@ def volume_array(volume_node) -> np.ndarray:
     return np.array(slicer.util.arrayFromVolume(volume_node), dtype=np.float32)
 
 
+def display_window(volume_node) -> tuple[float, float] | None:
+    """The ``(low, high)`` intensities a volume is shown with (its window/level), or None.
+
+    None when the volume has no scalar display node (never shown) or an empty window.
+    """
+    display = volume_node.GetDisplayNode()
+    if display is None or not hasattr(display, "GetWindowLevelMin"):
+        return None
+    low, high = float(display.GetWindowLevelMin()), float(display.GetWindowLevelMax())
+    return (low, high) if high > low else None
+
+
 def control_points(markups_node) -> tuple[np.ndarray, list[str]]:
     """World RAS positions ``(N, 3)`` and descriptions of a Markups node's placed points."""
     if markups_node is None:
