@@ -83,7 +83,7 @@ def main() -> None:
     ct = load_volume(DATA / "lits117_ct.nii.gz").array
     labels = load_volume(DATA / "lits117_labels.nii.gz").array
     cache = EmbeddingCache(disk_dir=args.cache_dir) if args.cache_dir else None
-    session = Session(ct, window=(-160.0, 240.0), point_model=None, cache=cache)
+    session = Session.from_registry(ct, window=(-160.0, 240.0), point_model=None, cache=cache)
     out = {"axis": args.axis, **slice_scores(session, labels, args.axis, args.step)}
     if not args.no_propagation:
         out["propagation"] = propagation_score(session, labels, args.axis)

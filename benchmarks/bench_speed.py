@@ -280,7 +280,9 @@ def bench_volume(args, ref, vol, idx: list[int]) -> dict:
     The reference embeds the same slices one by one; all variants interleaved, ``--volume-
     repeats`` times, the order rotating.
     """
-    session = Session(vol.array, vol.spacing, point_model=None, window=WINDOW, device="cpu")
+    session = Session.from_registry(
+        vol.array, spacing=vol.spacing, point_model=None, window=WINDOW, device="cpu"
+    )
     session.embedding(AXIS, idx[0])  # build (and export) the encoder outside the timing
     spacing = session.slice_spacing(AXIS)
     inputs = [session.predictor.preprocess(session.slice_image(AXIS, i), WINDOW, spacing)[0]

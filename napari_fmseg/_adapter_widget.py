@@ -28,7 +28,7 @@ from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.methods import METHODS
 from fmseg.adapters.trainer import TrainSettings, TrainStep
 from fmseg.progress import Progress, Work
-from fmseg.registry import REGISTRY
+from fmseg.registry import REGISTRY, model_loader
 
 from . import _layers as L
 from ._adapter_plot import Pair, TrainingPlot, boxes_from_shapes, describe_adapter
@@ -71,7 +71,7 @@ class AdapterWidget(mw.Container):
     def __init__(self, viewer: napari.viewer.Viewer, *, tiny: bool = False) -> None:
         super().__init__()
         self._viewer = viewer
-        self._tiny = tiny
+        self._load = model_loader(tiny)
         self.pairs: list[Pair] = []  # public: tests read them
         self.adapter: AdaptedModel | None = None
         self.metrics: dict = {}
@@ -232,11 +232,13 @@ class AdapterWidget(mw.Container):
         if not self.jobs.idle() or (pairs := self._training_pairs()) is None:
             return
         base, config, settings = str(self._base.value), self.config(), self.settings()
-        tiny = self._tiny
+        load = self._load
 
         def work() -> Work[AdaptResult]:  # in the worker: copying the labels takes a while
             annotations = [p.annotation() for p in pairs]
-            return (yield from api.train_adapter_iter(annotations, base, config, settings, tiny))
+            return (
+                yield from api.train_adapter_iter(annotations, base, config, settings, load=load)
+            )
 
         self.plot.reset(settings.steps)
         self.status.say(f"training {self._method.value} on {base}: loading the model ...")
@@ -288,7 +290,7 @@ class AdapterWidget(mw.Container):
             return
         base = str(self._base.value)
         work = call_work(
-            lambda: api.load_adapter(path, base=base, tiny=self._tiny), f"loading {path}"
+            lambda: api.load_adapter(path, base=base, load=self._load), f"loading {path}"
         )
         self.jobs.run(work, "loading the adapter", lambda model: self._on_loaded(model, path))
 

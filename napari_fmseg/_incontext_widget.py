@@ -18,6 +18,7 @@ from magicgui import widgets as mw
 
 from fmseg.incontext import BACKENDS, build_backend, segment_volume_iter
 from fmseg.progress import Progress, Work
+from fmseg.registry import model_loader
 from fmseg.weights import WeightsError
 
 from . import _layers as L
@@ -90,7 +91,7 @@ class InContextWidget(mw.Container):
     ) -> None:
         super().__init__(labels=False)  # the panel spans the width, the controls have labels
         self._viewer = viewer
-        self._factory = backend_factory or functools.partial(build_backend, tiny=tiny)
+        self._factory = backend_factory or functools.partial(build_backend, load=model_loader(tiny))
         self.status = StatusLine("Annotate a slice, then add it to the support set.")
         self.jobs = JobRunner(self.status, hint=_hint)
         self.output = OutputLayer(viewer, OUTPUT_LAYER, self.status)

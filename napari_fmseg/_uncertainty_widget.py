@@ -23,6 +23,7 @@ from napari.layers import Image
 
 from fmseg.incontext import SAMPLERS, build_sampler, sample_volume_iter
 from fmseg.progress import Progress, Work
+from fmseg.registry import model_loader
 from fmseg.uncertainty import diversity, entropy, mean_probability
 from fmseg.weights import WeightsError
 
@@ -129,7 +130,9 @@ class UncertaintyWidget(mw.Container):
     ) -> None:
         super().__init__(labels=False)  # the panel spans the width, the controls have labels
         self._viewer = viewer
-        self._sampler_factory = sampler_factory or functools.partial(build_sampler, tiny=tiny)
+        self._sampler_factory = sampler_factory or functools.partial(
+            build_sampler, load=model_loader(tiny)
+        )
         self._sampler: tuple[tuple[str, int], Sampler] | None = None  # the last one built
         self.status = StatusLine("Annotate slices, add them to the support set, then sample.")
         self.jobs = JobRunner(self.status)

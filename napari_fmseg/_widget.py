@@ -22,7 +22,7 @@ from napari.layers import Image
 
 from fmseg.progress import Progress, Work
 from fmseg.prompts import Prompts
-from fmseg.registry import REGISTRY
+from fmseg.registry import REGISTRY, model_loader
 from fmseg.session import Session
 
 from . import _layers as L
@@ -80,8 +80,8 @@ class SegmentWidget(mw.Container):
         viewer: The napari viewer (npe2 passes it).
         tiny: Use tiny random-weight models (tests and demos without weights).
         session_factory: Builds the session, ``factory(volume, spacing=..., model=...,
-            point_model=..., window=...)``; defaults to :class:`fmseg.Session`. The window is
-            the image layer's contrast limits (:func:`._layers.contrast_window`).
+            point_model=..., window=...)``; defaults to :meth:`fmseg.Session.from_registry`.
+            The window is the image layer's contrast limits (:func:`._layers.contrast_window`).
     """
 
     def __init__(
@@ -93,7 +93,9 @@ class SegmentWidget(mw.Container):
     ) -> None:
         super().__init__()
         self._viewer = viewer
-        self._factory = session_factory or functools.partial(Session, tiny=tiny)
+        self._factory = session_factory or functools.partial(
+            Session.from_registry, load=model_loader(tiny)
+        )
         self.session: Session | None = None
         self.image_layer: Image | None = None
         self.layers: dict[str, Any] = {}

@@ -4,7 +4,7 @@ Public API (numpy in, numpy out)::
 
     from fmseg import Session, Box, Point, load_volume
     vol = load_volume("ct.nii.gz")
-    s = Session(vol.array, spacing=vol.spacing)
+    s = Session.from_registry(vol.array, "litemedsam", spacing=vol.spacing)
     mask2d = s.set_box(axis=2, index=40, box=Box(30, 40, 90, 100))
     result = drain(s.propagate_iter(axis=2, index=40))
 """

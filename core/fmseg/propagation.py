@@ -9,18 +9,18 @@ slice the clinician prompted (an anchor: their correction wins).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from .progress import Progress, Work
-from .prompts import Box, Prompts
+from .prompts import Box
 from .uncertainty import dice
 
-if TYPE_CHECKING:
-    from .session import Session
+#: ``segment(index, box) -> (H, W)`` bool mask of slice ``index`` prompted with ``box``.
+BoxSegmenter = Callable[[int, Box], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,10 @@ def keep_connected(mask: np.ndarray, reference: np.ndarray, reach: int) -> np.nd
 
 
 def next_slice_mask(
-    session: Session, axis: int, index: int, prev: np.ndarray, cfg: PropagationSettings
+    segment: BoxSegmenter, index: int, prev: np.ndarray, cfg: PropagationSettings
 ) -> tuple[np.ndarray, str]:
     """Predict slice ``index`` from the previous mask; returns (mask, stop reason or '')."""
-    emb = session.embedding(axis, index)
-    pred = session.predictor.predict(emb, Prompts(box=Box.from_mask(prev, cfg.margin)))
-    mask = keep_connected(pred.mask(), prev, cfg.reach)
+    mask = keep_connected(segment(index, Box.from_mask(prev, cfg.margin)), prev, cfg.reach)
     if mask.sum() < cfg.min_area:
         return mask, f"object ended at slice {index}"
     if dice(mask, prev) < cfg.min_overlap:
@@ -85,25 +83,36 @@ def next_slice_mask(
 
 
 def propagate_iter(
-    session: Session, axis: int, index: int, settings: PropagationSettings | None = None
+    masks: np.ndarray,
+    index: int,
+    segment: BoxSegmenter,
+    anchors: Collection[int] = (),
+    settings: PropagationSettings | None = None,
 ) -> Work[PropagationResult]:
-    """Propagate ``session.mask`` on slice ``index`` up and down along ``axis``.
+    """Propagate the mask of slice ``index`` up and down the stack, writing into ``masks``.
+
+    Args:
+        masks: ``(N, H, W)`` boolean slices, written in place (e.g. a session's working mask
+            with the propagation axis moved first: ``np.moveaxis(mask, axis, 0)``).
+        index: The seed slice.
+        segment: ``segment(i, box) -> (H, W)`` bool mask of slice ``i`` prompted by ``box``.
+        anchors: Slices the user prompted: propagation stops there and keeps them.
+        settings: The stopping rules.
 
     Yields:
         :class:`~fmseg.progress.Progress` per slice.
 
     Returns:
-        :class:`PropagationResult`; ``session.mask`` holds the 3D object.
+        :class:`PropagationResult`; ``masks`` holds the 3D object.
 
     Raises:
         ValueError: The seed slice has no mask yet.
     """
     cfg = settings or PropagationSettings()
-    seed = np.take(session.mask, index, axis=axis).copy()
+    seed = masks[index].copy()
     if not seed.any():
         raise ValueError(f"segment the object on slice {index} first: its mask is empty")
-    n = session.n_slices(axis)
-    anchors = {i for (a, i), p in session.prompts.items() if a == axis and not p.empty}
+    n = len(masks)
     result = PropagationResult(index, index)
     done = 0
     for name, step in (("up", 1), ("down", -1)):
@@ -112,12 +121,12 @@ def propagate_iter(
             if i in anchors:
                 reason = f"reached corrected slice {i}"
                 break
-            mask, stop = next_slice_mask(session, axis, i, prev, cfg)
+            mask, stop = next_slice_mask(segment, i, prev, cfg)
             if stop:
                 reason = stop
-                _clear_until_anchor(session, axis, i, step, anchors)
+                _clear_until_anchor(masks, i, step, anchors)
                 break
-            session._write_slice(session.mask, axis, i, mask)
+            masks[i] = mask
             result.first, result.last = min(result.first, i), max(result.last, i)
             prev, i, done = mask, i + step, done + 1
             yield Progress(done, n - 1, f"slice {i - step}: {int(mask.sum())} px")
@@ -125,9 +134,9 @@ def propagate_iter(
     return result
 
 
-def _clear_until_anchor(session: Session, axis: int, start: int, step: int, anchors: set[int]):
+def _clear_until_anchor(masks: np.ndarray, start: int, step: int, anchors: Collection[int]):
     """Remove stale object voxels beyond a stop, up to the next anchor slice."""
     i = start
-    while 0 <= i < session.n_slices(axis) and i not in anchors:
-        session._write_slice(session.mask, axis, i, False)
+    while 0 <= i < len(masks) and i not in anchors:
+        masks[i] = False
         i += step

@@ -2,7 +2,8 @@
 
 Each entry names its builder, where its weights come from (with SHA-256), its licence, and
 how images must be prepared. Every entry can also be built as a tiny random-weight variant
-for fast tests (``load_model(name, tiny=True)``).
+for fast tests (``load_model(name, tiny=True)``, or the :func:`load_tiny` loader that
+sessions, backends and samplers accept in place of :func:`load_model`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from .models.universeg import build_universeg, build_universeg_small
 from .weights import WeightsError, WeightsSource, apply_state_dict, load_state_dict
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+#: ``load(name, checkpoint=None, device=None) -> nn.Module``: how sessions, backends and
+#: samplers get their networks (:func:`load_model`, or :func:`load_tiny` in tests).
+ModelLoader = Callable[..., nn.Module]
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,21 @@ def load_model(
                 raise WeightsError(f"overlay for '{name}' touches {bad[0]}, outside its parts")
             apply_state_dict(model, over, strict=False, what=f"overlay for '{name}'")
     return model.to(resolve_device(device)).eval()
+
+
+def load_tiny(
+    name: str, checkpoint: str | Path | None = None, device: str | torch.device | None = None
+) -> nn.Module:
+    """A :data:`ModelLoader` building tiny random-weight variants (tests, demos without weights).
+
+    ``checkpoint`` is accepted for the loader signature and ignored: no weights are loaded.
+    """
+    return load_model(name, tiny=True, device=device)
+
+
+def model_loader(tiny: bool = False) -> ModelLoader:
+    """:func:`load_tiny` for front ends run without weights (demos, tests), else ``load_model``."""
+    return load_tiny if tiny else load_model
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -3,35 +3,62 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 
 from .cache import EmbeddingCache, array_digest
 from .predictor import Prediction, SamPredictor, SliceEmbedding
 from .progress import Progress, Work
 from .prompts import Box, Point, Prompts
+from .propagation import PropagationResult, PropagationSettings, propagate_iter
 from .refine import refine_with_click
-from .registry import get_spec, load_model
+from .registry import ModelLoader, get_spec, load_model
 from .validation import check_label_value, check_volume
 from .weights import sha256_of
 from .window import Window, WindowLike
 
+if TYPE_CHECKING:
+    from .adapters.bases import AdaptedModel
+
 SliceKey = tuple[int, int]  # (axis, index)
 
 
-def _adapted_box_model(path: str, base: str, tiny: bool, device, checkpoint):
-    """The base SAM model with a box-head adapter merged in, and the adapter's window."""
-    from .adapters.api import load_adapter
+def _box_head_net(adapted: AdaptedModel) -> nn.Module:
+    """The base SAM model with a box-head adapter merged in (prompt-free heads refused)."""
     from .adapters.methods import merge_adapters
 
-    adapted = load_adapter(path, base=base, tiny=tiny, device=device, checkpoint=checkpoint)
     if adapted.head_kind != "box":
         raise ValueError(
-            f"adapter {path} has a prompt-free head: apply it to whole slices/volumes "
-            "(fmseg segment --adapter without prompts, or fmseg.adapters.predict)"
+            f"the adapter on '{adapted.base_id}' has a prompt-free head: apply it to whole "
+            "slices/volumes (fmseg segment --adapter without prompts, or fmseg.adapters.predict)"
         )
-    return merge_adapters(adapted.net).eval(), adapted.window
+    return merge_adapters(adapted.net).eval()
+
+
+def registry_predictor(
+    name: str,
+    checkpoint: str | None = None,
+    device: str | None = None,
+    load: ModelLoader = load_model,
+) -> SamPredictor:
+    """A :class:`SamPredictor` on the registered model ``name``."""
+    return SamPredictor(
+        load(name, checkpoint=checkpoint, device=device), get_spec(name).normalisation
+    )
+
+
+def _point_predictor(
+    name: str | None, device: str | None, load: ModelLoader
+) -> SamPredictor | None:
+    if name is None:
+        return None
+    try:
+        return registry_predictor(name, device=device, load=load)
+    except (FileNotFoundError, RuntimeError):
+        return None  # clicks then fall back to the box model
 
 
 class Session:
@@ -40,56 +67,43 @@ class Session:
     The session works in array index space. A slice is ``np.take(volume, index, axis)``; its
     prompts use ``x`` = column and ``y`` = row of that 2D array. The working object lives in
     :attr:`mask`; :meth:`commit` copies it into :attr:`labels` under a label value, with undo.
+    :meth:`from_registry` builds the predictors from model names.
 
     Args:
         volume: ``(D0, D1, D2)`` or ``(H, W)`` intensities (any real dtype, finite).
+        predictor: The box predictor (its image encoder embeds every slice).
+        point_predictor: The click predictor sharing that encoder's embeddings, or None
+            (clicks then go to ``predictor``).
         spacing: Voxel size per axis, used to square anisotropic slices for the model.
-        model: Registry name of the box model.
-        point_model: Registry name of the click model (shares the image encoder), ``"auto"``
-            for the box model's registered ``click_model``, or None.
         window: Intensity window: a :class:`~fmseg.window.Window`, an explicit
-            ``(low, high)``, or None (the adapter's training window with ``adapter``, else
-            the default 0.5-99.5 percentiles). Resolved once; :attr:`window` holds the range.
-        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+            ``(low, high)``, or None (the default 0.5-99.5 percentiles). Resolved once;
+            :attr:`window` holds the range.
         cache: Embedding cache (a bounded in-memory one by default).
-        checkpoint: Local checkpoint for models without bundled weights.
-        tiny: Use tiny random-weight models (tests only).
-        adapter: An adapter file (``fmseg adapt``) trained on ``model`` with the box head;
-            its updates are merged into the box model. Refused if trained on another base.
+        name: Names the predictor's weights in cache keys (sessions sharing a cache must
+            not share a name across weights); None: unique to this predictor object.
     """
 
     def __init__(
         self,
         volume: np.ndarray,
+        predictor: SamPredictor,
+        point_predictor: SamPredictor | None = None,
+        *,
         spacing: Iterable[float] | None = None,
-        model: str = "litemedsam",
-        point_model: str | None = "auto",
         window: WindowLike = None,
-        device: str | None = None,
         cache: EmbeddingCache | None = None,
-        checkpoint: str | None = None,
-        tiny: bool = False,
-        adapter: str | None = None,
+        name: str | None = None,
     ) -> None:
         volume = check_volume(volume)
         self.volume = volume[None] if volume.ndim == 2 else volume
         self.spacing = tuple(float(s) for s in (spacing or (1.0,) * self.volume.ndim))
         if len(self.spacing) == 2:
             self.spacing = (1.0, *self.spacing)
-        spec = get_spec(model)
-        self.model_name = model
-        if adapter is None:
-            net = load_model(model, checkpoint, tiny, device)
-        else:
-            net, trained = _adapted_box_model(adapter, model, tiny, device, checkpoint)
-            window = trained if window is None else window  # an explicit window overrides
-            self.model_name = f"{model}+adapter:{sha256_of(adapter)[:16]}"
+        self.model_name = name or f"predictor-{id(predictor):x}"
         self.window_policy = Window.of(window)
         self.window = self.window_policy.resolve(self.volume)
-        self.predictor = SamPredictor(net, spec.normalisation)
-        if point_model == "auto":
-            point_model = spec.click_model
-        self.point_predictor = self._load_point_model(point_model, tiny, device)
+        self.predictor = predictor
+        self.point_predictor = point_predictor
         self.cache = cache or EmbeddingCache()
         self._digest = array_digest(self.volume)
         self.mask = np.zeros(self.volume.shape, dtype=bool)
@@ -98,14 +112,75 @@ class Session:
         self.last: dict[SliceKey, Prediction] = {}
         self._undo: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def _load_point_model(self, name: str | None, tiny: bool, device: str | None):
-        if name is None:
-            return None
-        try:
-            model = load_model(name, tiny=tiny, device=device)
-        except (FileNotFoundError, RuntimeError):
-            return None  # clicks then fall back to the box model
-        return SamPredictor(model, get_spec(name).normalisation)
+    @classmethod
+    def from_registry(
+        cls,
+        volume: np.ndarray,
+        model: str = "litemedsam",
+        point_model: str | None = "auto",
+        *,
+        spacing: Iterable[float] | None = None,
+        window: WindowLike = None,
+        device: str | None = None,
+        cache: EmbeddingCache | None = None,
+        checkpoint: str | None = None,
+        adapter: str | None = None,
+        load: ModelLoader = load_model,
+    ) -> Session:
+        """A session on registered models.
+
+        Args:
+            volume: As for :class:`Session`.
+            model: Registry name of the box model.
+            point_model: Registry name of the click model (shares the image encoder),
+                ``"auto"`` for the box model's registered ``click_model``, or None.
+            window: As for :class:`Session`; None with ``adapter``: the adapter's training
+                window.
+            device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
+            checkpoint: Local checkpoint for models without bundled weights.
+            adapter: An adapter file (``fmseg adapt``) trained on ``model`` with the box head;
+                its updates are merged into the box model. Refused if trained on another base.
+            spacing: As for :class:`Session`.
+            cache: As for :class:`Session`.
+            load: How networks are built (:func:`~fmseg.registry.load_tiny` in tests).
+        """
+        if point_model == "auto":
+            point_model = get_spec(model).click_model
+        points = _point_predictor(point_model, device, load)
+        if adapter is None:
+            box = registry_predictor(model, checkpoint, device, load)
+            return cls(volume, box, points, spacing=spacing, window=window, cache=cache, name=model)
+        from .adapters.api import load_adapter
+
+        adapted = load_adapter(adapter, model, device, checkpoint, load)
+        name = f"{model}+adapter:{sha256_of(adapter)[:16]}"
+        return cls.from_adapter(
+            volume, adapted, points, spacing=spacing, window=window, cache=cache, name=name
+        )
+
+    @classmethod
+    def from_adapter(
+        cls,
+        volume: np.ndarray,
+        adapted: AdaptedModel,
+        point_predictor: SamPredictor | None = None,
+        *,
+        spacing: Iterable[float] | None = None,
+        window: WindowLike = None,
+        cache: EmbeddingCache | None = None,
+        name: str | None = None,
+    ) -> Session:
+        """A session on a loaded box-head adapter merged into its base model.
+
+        ``window`` None means the adapter's training window; an explicit one overrides it.
+        """
+        net = _box_head_net(adapted)
+        predictor = SamPredictor(net, get_spec(adapted.base_id).normalisation)
+        window = adapted.window if window is None else window
+        return cls(
+            volume, predictor, point_predictor, spacing=spacing, window=window, cache=cache,
+            name=name or f"{adapted.base_id}+adapter-{id(adapted):x}",
+        )  # fmt: skip
 
     # -- slices and embeddings ------------------------------------------------------------
     def n_slices(self, axis: int) -> int:
@@ -245,14 +320,20 @@ class Session:
         idx[axis] = index
         target[tuple(idx)] = value
 
-    def propagate_iter(self, axis: int, index: int, settings=None):
+    def propagate_iter(
+        self, axis: int, index: int, settings: PropagationSettings | None = None
+    ) -> Work[PropagationResult]:
         """Propagate the working mask of slice ``index`` through the volume (generator).
 
-        See :func:`fmseg.propagation.propagate_iter`.
+        Slices prompted along ``axis`` are anchors. See :func:`fmseg.propagation.propagate_iter`.
         """
-        from .propagation import propagate_iter
+        anchors = {i for (a, i), p in self.prompts.items() if a == axis and not p.empty}
 
-        return propagate_iter(self, axis, index, settings)
+        def segment(i: int, box: Box) -> np.ndarray:
+            return self.predictor.predict(self.embedding(axis, i), Prompts(box=box)).mask()
+
+        masks = np.moveaxis(self.mask, axis, 0)  # a view: propagation writes into self.mask
+        return (yield from propagate_iter(masks, index, segment, anchors, settings))
 
     # -- labels ---------------------------------------------------------------------------
     def commit(self, label: int, overwrite: bool = False) -> int:

@@ -26,6 +26,7 @@ from fmseg.adapters.methods import METHODS, PEFT_METHODS, MethodError, parse_met
 from fmseg.adapters.trainer import DEFAULT_LR
 from fmseg.progress import Progress, drain
 from fmseg.prompts import Box
+from fmseg.registry import load_tiny
 
 BASES = ("litemedsam", "hdbet")  # 2D promptable, 3D volumetric
 ALL_METHODS = (*METHODS, "lora+decoder", "bitfit+linear-probe")
@@ -40,14 +41,14 @@ def test_front_end_choices_and_the_core_agree(base, method, where, head):
     assert where_ok == (head in allowed_heads(base, method, where))  # either way round
     if where_ok:
         config = resolve_config(base, method, where, head)
-        model = build_adapted(base, config, tiny=True)  # the core accepts it, as asked
+        model = build_adapted(base, config, load=load_tiny)  # the core accepts it, as asked
         assert (config.where, model.head_kind) == (where, head)
         assert sum(model.trainable.values()) > 0
         return
     with pytest.raises(MethodError, match="does not fit"):
         resolve_config(base, method, where, head)
     try:  # what the core does with the raw choice: refuses it, or builds something else
-        model = build_adapted(base, AdapterConfig(method, where, head), tiny=True)
+        model = build_adapted(base, AdapterConfig(method, where, head), load=load_tiny)
     except MethodError:
         return
     ignored_where = not set(parse_method(method)) & set(PEFT_METHODS)
@@ -58,7 +59,7 @@ def test_front_end_choices_and_the_core_agree(base, method, where, head):
 def test_peft_on_both_parts_never_takes_the_prompt_free_head(method):
     # napari used to offer this combination; the core refuses it.
     with pytest.raises(MethodError, match="prompt-free head does not use the mask decoder"):
-        build_adapted("litemedsam", AdapterConfig(method, "both", "auto"), tiny=True)
+        build_adapted("litemedsam", AdapterConfig(method, "both", "auto"), load=load_tiny)
     assert allowed_heads("litemedsam", method, "both") == ("box",)
     assert allowed_wheres("litemedsam", method, "auto") == ("encoder",)
     assert resolve_config("litemedsam", method, "both").head == "box"
@@ -128,16 +129,18 @@ def _volume():
 
 def test_apply_iter_runs_2d_adapters_on_slices_and_3d_ones_on_the_volume():
     volume, seen = _volume(), []
-    probe = build_adapted("litemedsam", resolve_config("litemedsam", "linear-probe"), tiny=True)
+    probe = build_adapted(
+        "litemedsam", resolve_config("litemedsam", "linear-probe"), load=load_tiny
+    )
     prob = drain(apply_iter(probe, volume, axis=0, slices=[1]), seen.append)
     assert prob.shape == volume.shape and prob[1].min() > 0 and not prob[[0, 2]].any()
     assert [p.done for p in seen] == [1] and all(isinstance(p, Progress) for p in seen)
-    box_head = build_adapted("litemedsam", resolve_config("litemedsam", "decoder"), tiny=True)
+    box_head = build_adapted("litemedsam", resolve_config("litemedsam", "decoder"), load=load_tiny)
     with pytest.raises(ValueError, match="give a box per slice"):
         drain(apply_iter(box_head, volume))
     boxed = drain(apply_iter(box_head, volume, 0, boxes={2: Box(4, 4, 20, 20)}))
     assert boxed[2].min() > 0 and not boxed[:2].any()
     torch.manual_seed(0)
-    volumetric = build_adapted("hdbet", resolve_config("hdbet", "linear-probe"), tiny=True)
+    volumetric = build_adapted("hdbet", resolve_config("hdbet", "linear-probe"), load=load_tiny)
     prob = drain(apply_iter(volumetric, volume, axis=2, slices=[0], spacing=(2.0, 1.0, 1.0)))
     assert prob.shape == volume.shape and prob.min() > 0  # the whole volume, whatever axis

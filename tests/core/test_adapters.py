@@ -18,6 +18,7 @@ from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.data import Annotation, AnnotationError, volume_sample
 from fmseg.adapters.trainer import TrainingError, TrainSettings
 from fmseg.progress import Cancelled, drain
+from fmseg.registry import load_tiny
 
 ALL = ["decoder", "linear-probe", "spatial-adapter", "bitfit", "norm-affine", "lora", "arena"]
 FAST = TrainSettings(steps=4, eval_every=2, batch_size=2, patch=32)
@@ -42,14 +43,14 @@ def _batch(model):
 
 def _train(method, base, **cfg):
     config = AdapterConfig(method=method, **cfg)
-    return drain(train_adapter_iter([_annotation()], base, config, FAST, tiny=True))
+    return drain(train_adapter_iter([_annotation()], base, config, FAST, load=load_tiny))
 
 
 @pytest.mark.parametrize("base", ["litemedsam", "hdbet"])
 @pytest.mark.parametrize("method", ALL)
 def test_only_intended_parameters_change(base, method):
     torch.manual_seed(0)
-    model = build_adapted(base, AdapterConfig(method=method), tiny=True)
+    model = build_adapted(base, AdapterConfig(method=method), load=load_tiny)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
@@ -68,9 +69,9 @@ def test_only_intended_parameters_change(base, method):
 @pytest.mark.parametrize("method", ["lora", "arena", "bitfit", "norm-affine"])
 def test_zero_initialised_adapters_leave_output_unchanged(base, method):
     torch.manual_seed(0)
-    plain = build_adapted(base, AdapterConfig(method="decoder"), tiny=True)
+    plain = build_adapted(base, AdapterConfig(method="decoder"), load=load_tiny)
     torch.manual_seed(0)  # same random base weights; adapters are initialised after them
-    adapted = build_adapted(base, AdapterConfig(method=method), tiny=True)
+    adapted = build_adapted(base, AdapterConfig(method=method), load=load_tiny)
     assert len(list(adapted.parameters())) >= len(list(plain.parameters()))
     if plain.head is not None:
         torch.nn.init.normal_(plain.head.conv.weight)
@@ -81,7 +82,7 @@ def test_zero_initialised_adapters_leave_output_unchanged(base, method):
 
 
 def test_spatial_adapter_starts_as_its_probe():
-    model = build_adapted("hdbet", AdapterConfig(method="spatial-adapter"), tiny=True)
+    model = build_adapted("hdbet", AdapterConfig(method="spatial-adapter"), load=load_tiny)
     torch.nn.init.normal_(model.head.probe.conv.weight)
     feats = torch.randn(1, model.net.feature_channels, 8, 8, 8)
     assert torch.equal(model.head(feats), model.head.probe(feats))
@@ -105,13 +106,13 @@ def test_merged_equals_unmerged(method):
     assert torch.allclose(before, after, atol=1e-4)
     # Merged weights keep the base model's parameter names.
     assert set(model.net.state_dict()) == set(
-        build_adapted("hdbet", AdapterConfig(), tiny=True).net.state_dict()
+        build_adapted("hdbet", AdapterConfig(), load=load_tiny).net.state_dict()
     )
 
 
 def test_peft_lora_merge_unmerge_round_trip():
     pytest.importorskip("peft")
-    model = build_adapted("litemedsam", AdapterConfig(method="lora"), tiny=True)
+    model = build_adapted("litemedsam", AdapterConfig(method="lora"), load=load_tiny)
     layers = [m for m in model.modules() if hasattr(m, "merge") and hasattr(m, "lora_A")]
     for m in layers:
         torch.nn.init.normal_(m.lora_B["default"].weight, std=0.1)
@@ -146,13 +147,13 @@ def test_arena_reports_final_rank_after_strong_penalty():
 def test_training_lowers_the_loss():
     settings = TrainSettings(steps=40, eval_every=10, batch_size=4, patience=10, augment=False)
     config = AdapterConfig(method="linear-probe")
-    res = drain(train_adapter_iter([_annotation()], "hdbet", config, settings, tiny=True))
+    res = drain(train_adapter_iter([_annotation()], "hdbet", config, settings, load=load_tiny))
     losses = [h["loss"] for h in res.history]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
 def test_progress_then_cancel_writes_nothing(tmp_path):
-    work = train_adapter_iter([_annotation()], "litemedsam", AdapterConfig(), FAST, tiny=True)
+    work = train_adapter_iter([_annotation()], "litemedsam", AdapterConfig(), FAST, load=load_tiny)
     steps = []
     with pytest.raises(Cancelled):
         drain(work, on_progress=steps.append, should_stop=lambda: len(steps) >= 2)
@@ -164,7 +165,7 @@ def test_checkpoint_round_trip(tmp_path, base):
     res = _train("lora" if base == "hdbet" else "spatial-adapter", base)
     path = save_adapter(tmp_path / "a.pt", res.model, res.metrics())
     assert path.stat().st_size < 2_000_000
-    loaded = load_adapter(path, tiny=True)
+    loaded = load_adapter(path, load=load_tiny)
     b = _batch(res.model)
     with torch.no_grad():
         assert torch.allclose(res.model(b), loaded(b), atol=1e-6)
@@ -176,28 +177,28 @@ def test_adapter_for_another_base_is_refused(tmp_path):
     res = _train("bitfit", "litemedsam")
     path = save_adapter(tmp_path / "a.pt", res.model)
     with pytest.raises(AdapterError, match="trained for 'litemedsam', not for 'hdbet'"):
-        load_adapter(path, base="hdbet", tiny=True)
+        load_adapter(path, base="hdbet", load=load_tiny)
     with pytest.raises(AdapterError, match="other 'litemedsam' weights"):
-        load_adapter(path, tiny=False)
+        load_adapter(path)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(AdapterError, match="not a readable adapter"):
-        load_adapter(tmp_path / "junk.pt", tiny=True)
+        load_adapter(tmp_path / "junk.pt", load=load_tiny)
 
 
 def test_bad_annotations_are_named():
     a = _annotation()
     with pytest.raises(AnnotationError, match="label value 7 does not occur"):
-        drain(train_adapter_iter([Annotation(a.image, a.labels, 7)], tiny=True))
+        drain(train_adapter_iter([Annotation(a.image, a.labels, 7)], load=load_tiny))
     lab = np.zeros_like(a.labels)
     lab[2, 5, 5] = 1
     with pytest.raises(AnnotationError, match="only 1 voxels"):
-        drain(train_adapter_iter([Annotation(a.image, lab, 1)], tiny=True))
+        drain(train_adapter_iter([Annotation(a.image, lab, 1)], load=load_tiny))
     with pytest.raises(AnnotationError, match="shapes differ"):
-        drain(train_adapter_iter([Annotation(a.image, a.labels[:, :40], 2)], tiny=True))
+        drain(train_adapter_iter([Annotation(a.image, a.labels[:, :40], 2)], load=load_tiny))
     with pytest.raises(AnnotationError, match="outside"):
-        drain(train_adapter_iter([Annotation(a.image, a.labels, 2, slices=(99,))], tiny=True))
+        drain(train_adapter_iter([Annotation(a.image, a.labels, 2, slices=(99,))], load=load_tiny))
     with pytest.raises(M.MethodError, match="unknown adapter method"):
-        drain(train_adapter_iter([a], config=AdapterConfig(method="magic"), tiny=True))
+        drain(train_adapter_iter([a], config=AdapterConfig(method="magic"), load=load_tiny))
     with pytest.raises(M.MethodError, match="already trains the whole decoder"):
         AdapterConfig(method="lora+decoder").methods()
     with pytest.raises(M.MethodError, match="prompt-free head does not use the mask decoder"):
@@ -205,7 +206,7 @@ def test_bad_annotations_are_named():
     assert AdapterConfig(method="lora", where="encoder", head="auto").resolved_head(2) == "auto"
     b = Annotation(a.image, a.labels, 2, axis=1, slices=(20,))
     with pytest.raises(AnnotationError, match="one axis"):
-        drain(train_adapter_iter([a, b], "hdbet", tiny=True))
+        drain(train_adapter_iter([a, b], "hdbet", load=load_tiny))
 
 
 def test_nan_loss_is_reported(monkeypatch):
@@ -217,7 +218,7 @@ def test_nan_loss_is_reported(monkeypatch):
     monkeypatch.setattr(trainer, "dice_bce_loss", nan_loss)
     config = AdapterConfig("linear-probe")
     with pytest.raises(TrainingError, match="NaN"):
-        drain(train_adapter_iter([_annotation()], "hdbet", config, FAST, tiny=True))
+        drain(train_adapter_iter([_annotation()], "hdbet", config, FAST, load=load_tiny))
 
 
 def test_sparse_slices_map_to_model_grid():
@@ -259,7 +260,7 @@ def test_patchwise_decoding_matches_training_crops():
 
 
 def test_best_state_is_a_snapshot_not_the_live_weights():
-    model = build_adapted("hdbet", AdapterConfig(method="linear-probe"), tiny=True)
+    model = build_adapted("hdbet", AdapterConfig(method="linear-probe"), load=load_tiny)
     state = model.adapter_state()
     with torch.no_grad():
         model.head.conv.weight.add_(1.0)

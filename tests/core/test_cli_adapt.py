@@ -10,7 +10,7 @@ import pytest
 import fmseg.adapters.api as api
 from fmseg import Box, Session
 from fmseg.cli import main
-from fmseg.registry import load_model
+from fmseg.registry import load_model, load_tiny
 
 
 @pytest.fixture(autouse=True)
@@ -67,15 +67,15 @@ def test_box_adapter_in_session_and_refusals(tmp_path):
     train = ["adapt", "--train", f"{img}:{lab}:1,2,3", "--label", "2", "--axis", "0"]
     assert main([*train, "--method", "decoder", "--steps", "3", "--out", str(adapter)]) == 0
     vol = nib.load(img).get_fdata()
-    s = Session(vol, tiny=True, adapter=str(adapter))
+    s = Session.from_registry(vol, adapter=str(adapter), load=load_tiny)
     assert "adapter:" in s.model_name
     assert s.set_box(0, 2, Box(8, 10, 30, 25)).shape == (40, 36)
     with pytest.raises(api.AdapterError, match="not for 'sam-vit-b'"):
-        Session(vol, model="sam-vit-b", tiny=True, adapter=str(adapter))
+        Session.from_registry(vol, "sam-vit-b", adapter=str(adapter), load=load_tiny)
     probe = tmp_path / "probe.pt"
     assert main([*train, "--method", "linear-probe", "--steps", "3", "--out", str(probe)]) == 0
     with pytest.raises(ValueError, match="prompt-free head"):
-        Session(vol, tiny=True, adapter=str(probe))
+        Session.from_registry(vol, adapter=str(probe), load=load_tiny)
 
 
 def test_adapt_stores_its_window_and_segment_applies_it(tmp_path):

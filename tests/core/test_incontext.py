@@ -17,6 +17,7 @@ from fmseg.incontext import (
     segment_volume_iter,
 )
 from fmseg.models.universeg import CrossOp, build_universeg
+from fmseg.registry import load_tiny
 from fmseg.weights import WeightsError, WeightsSource, resolve
 
 
@@ -182,7 +183,7 @@ def test_prototype_backend_runs_on_tiny_model():
     vol, lab = _ball_volume()
     s = SupportSet()
     add_slice(s, vol, lab, 0, 8)
-    backend = build_backend("prototype", tiny=True, device="cpu")
+    backend = build_backend("prototype", device="cpu", load=load_tiny)
     res = drain(segment_volume_iter(backend, s, vol, 0, slices=[7, 9]))
     assert res.probs[1].shape == vol.shape and np.isfinite(res.probs[1]).all()
 

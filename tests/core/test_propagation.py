@@ -2,22 +2,27 @@
 
 import numpy as np
 import pytest
+import torch
 
 from fmseg import Box, Prompts, Session, drain
-from fmseg.predictor import Prediction
-from fmseg.propagation import PropagationSettings, dice, keep_connected
+from fmseg.predictor import Prediction, SliceEmbedding
+from fmseg.propagation import PropagationSettings, dice, keep_connected, propagate_iter
 
 
 class ThresholdPredictor:
-    """Stands in for SAM: inside the box, pixels brighter than 50 are the object."""
+    """Stands in for SAM: a slice is its own embedding; inside the box, pixels brighter than
+    50 are the object."""
 
-    def __init__(self, session):
-        self.session, self.calls = session, 0
+    device = torch.device("cpu")
+
+    def frame(self, shape, spacing=(1.0, 1.0)):
+        return None
+
+    def embed(self, image, window, spacing=(1.0, 1.0)):
+        return SliceEmbedding(torch.from_numpy(np.ascontiguousarray(image))[None], None)
 
     def predict(self, emb, prompts, mask_input=None):
-        self.calls += 1
-        axis, index = emb
-        img = self.session.slice_image(axis, index)
+        img = emb.features[0].numpy()
         b = prompts.box.normalised()
         mask = np.zeros(img.shape, bool)
         ys, xs = slice(int(b.y0), int(b.y1) + 1), slice(int(b.x0), int(b.x1) + 1)
@@ -26,11 +31,8 @@ class ThresholdPredictor:
 
 
 @pytest.fixture
-def session(sphere_volume, monkeypatch):
-    s = Session(sphere_volume, tiny=True)
-    s.predictor = ThresholdPredictor(s)
-    monkeypatch.setattr(s, "embedding", lambda axis, index: (axis, index))
-    return s
+def session(sphere_volume):
+    return Session(sphere_volume, ThresholdPredictor())
 
 
 def test_propagates_until_object_ends(session, sphere_volume):
@@ -73,3 +75,29 @@ def test_shape_jump_stops_and_clears_stale_slices(session, sphere_volume):
     result = drain(session.propagate_iter(0, 6, PropagationSettings(min_overlap=0.8)))
     assert "shape changed" in result.reasons["up"]
     assert result.last == 7 and not session.mask[8:].any()
+
+
+def test_propagation_needs_only_a_mask_stack_and_a_segmenter(sphere_volume):
+    truth = sphere_volume > 50
+    masks = np.zeros(truth.shape, bool)
+    masks[6] = truth[6]
+
+    def segment(i, box):
+        return (
+            ThresholdPredictor()
+            .predict(
+                SliceEmbedding(torch.from_numpy(sphere_volume[i])[None], None), Prompts(box=box)
+            )
+            .mask()
+        )
+
+    result = drain(propagate_iter(masks, 6, segment, anchors={3}))
+    assert result.reasons["down"] == "reached corrected slice 3"
+    assert result.first == 4 and dice(masks[4:], truth[4:]) > 0.95
+
+
+def test_propagation_along_another_axis_writes_the_session_mask(session, sphere_volume):
+    truth = sphere_volume > 50
+    session.mask[:, 24] = truth[:, 24]
+    drain(session.propagate_iter(1, 24))
+    assert dice(session.mask, truth) > 0.9

@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 
 from fmseg import Box, Cancelled, Point, PromptError, Prompts, Session, drain
+from fmseg.registry import load_tiny
+from fmseg.session import registry_predictor
 
 
 @pytest.fixture
 def session(sphere_volume):
-    return Session(sphere_volume, spacing=(2.0, 1.0, 1.0), tiny=True)
+    return Session.from_registry(sphere_volume, spacing=(2.0, 1.0, 1.0), load=load_tiny)
 
 
 @pytest.mark.parametrize(
@@ -21,18 +23,18 @@ def session(sphere_volume):
 )
 def test_bad_images_are_named(array, message):
     with pytest.raises(ValueError, match=message):
-        Session(array, tiny=True)
+        Session(array, registry_predictor("litemedsam", load=load_tiny))
 
 
 def test_nan_count_reported():
     vol = np.random.default_rng(0).random((3, 16, 16))
     vol[0, 0, :3] = np.inf
     with pytest.raises(ValueError, match="3 NaN/inf"):
-        Session(vol, tiny=True)
+        Session(vol, registry_predictor("litemedsam", load=load_tiny))
 
 
 def test_2d_image_is_one_slice_volume():
-    s = Session(np.random.default_rng(1).random((32, 40)), tiny=True)
+    s = Session.from_registry(np.random.default_rng(1).random((32, 40)), load=load_tiny)
     assert s.volume.shape == (1, 32, 40)
     assert s.set_box(0, 0, Box(4, 4, 20, 20)).shape == (32, 40)
 
@@ -94,3 +96,21 @@ def test_cancelled_drain_stops_embedding(session):
     with pytest.raises(Cancelled):
         drain(session.embed_volume_iter(0, batch=1), should_stop=lambda: True)
     assert sum(session.is_embedded(0, i) for i in range(12)) == 1
+
+
+def test_a_session_takes_its_predictors(sphere_volume):
+    box = registry_predictor("litemedsam", load=load_tiny)
+    s = Session(sphere_volume, box, spacing=(2.0, 1.0, 1.0))
+    assert s.predictor is box and s.point_predictor is None
+    assert s.add_point(0, 6, 24, 24).shape == (48, 48)  # clicks fall back to the box model
+    other = Session(sphere_volume, registry_predictor("litemedsam", load=load_tiny), cache=s.cache)
+    assert s.is_embedded(0, 6) and not other.is_embedded(0, 6)  # other weights, other keys
+
+
+def test_from_registry_loads_the_click_model(sphere_volume):
+    s = Session.from_registry(sphere_volume, load=load_tiny)
+    assert s.model_name == "litemedsam" and s.point_predictor is not None
+    assert (
+        Session.from_registry(sphere_volume, point_model=None, load=load_tiny).point_predictor
+        is None
+    )

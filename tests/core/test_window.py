@@ -20,6 +20,7 @@ from fmseg.adapters.trainer import TrainSettings
 from fmseg.incontext import SupportSet, add_slice, normalise, volume_window
 from fmseg.incontext.segment import volume_queries
 from fmseg.progress import drain
+from fmseg.registry import load_tiny
 from fmseg.window import DEFAULT_WINDOW, intensity_window
 
 FAST = TrainSettings(steps=3, eval_every=2, batch_size=2)
@@ -54,9 +55,9 @@ def test_session_incontext_and_adapters_resolve_the_same_window(window):
     rng = np.random.default_rng(0)
     vol = rng.gamma(2.0, 40.0, size=(4, 1024, 1000)).astype(np.float32)
     expected = intensity_window(vol, window)
-    assert Session(vol, tiny=True, point_model=None, device="cpu", window=window).window == (
-        expected
-    )
+    assert Session.from_registry(
+        vol, point_model=None, device="cpu", window=window, load=load_tiny
+    ).window == (expected)
     support = SupportSet()
     labels = np.zeros(vol.shape, np.uint8)
     labels[0, 100:200, 100:200] = 1
@@ -80,7 +81,7 @@ def _annotation() -> Annotation:
 
 def _trained(tmp_path, method: str, window=TRAINED):
     work = train_adapter_iter(
-        [_annotation()], "litemedsam", AdapterConfig(method), FAST, tiny=True, window=window
+        [_annotation()], "litemedsam", AdapterConfig(method), FAST, load=load_tiny, window=window
     )
     res = drain(work)
     return save_adapter(tmp_path / f"{method}.pt", res.model)
@@ -88,19 +89,20 @@ def _trained(tmp_path, method: str, window=TRAINED):
 
 def test_a_box_adapter_runs_in_a_session_with_its_training_window(tmp_path):
     path = _trained(tmp_path, "decoder")  # the box-prompted decoder: a Session applies it
-    assert load_adapter(path, tiny=True).window == TRAINED
+    assert load_adapter(path, load=load_tiny).window == TRAINED
     vol = _annotation().image
-    session = Session(vol, tiny=True, point_model=None, device="cpu", adapter=str(path))
+    kwargs = {"point_model": None, "device": "cpu", "adapter": str(path), "load": load_tiny}
+    session = Session.from_registry(vol, **kwargs)
     assert session.window == (-1.0, 3.0) and session.window_policy == TRAINED
-    given = Session(vol, tiny=True, point_model=None, device="cpu", adapter=str(path), window=None)
+    given = Session.from_registry(vol, window=None, **kwargs)
     assert given.window == session.window  # None means "the adapter's"
-    override = Session(vol, tiny=True, point_model=None, adapter=str(path), window=(0.0, 1.0))
+    override = Session.from_registry(vol, window=(0.0, 1.0), **kwargs)
     assert override.window == (0.0, 1.0)  # an explicit window wins
 
 
 @pytest.mark.parametrize(("method", "boxes"), [("linear-probe", None), ("decoder", True)])
 def test_the_facade_applies_an_adapter_with_its_training_window(tmp_path, method, boxes):
-    model = load_adapter(_trained(tmp_path, method), tiny=True)
+    model = load_adapter(_trained(tmp_path, method), load=load_tiny)
     vol = _annotation().image * 1.5 + 0.3  # another volume: the fixed window still holds
     kw = {"axis": 0, "slices": [2], "boxes": {2: Box(8, 10, 40, 36)} if boxes else None}
     stored = drain(apply_iter(model, vol, **kw))
@@ -110,7 +112,7 @@ def test_the_facade_applies_an_adapter_with_its_training_window(tmp_path, method
 
 
 def test_percentile_adapters_take_percentiles_of_the_new_volume(tmp_path):
-    model = load_adapter(_trained(tmp_path, "linear-probe", window=None), tiny=True)
+    model = load_adapter(_trained(tmp_path, "linear-probe", window=None), load=load_tiny)
     assert model.window == DEFAULT_WINDOW
     vol = _annotation().image * 1.5 + 0.3
     fixed = intensity_window(vol, None)  # the new volume's own percentiles
@@ -124,7 +126,7 @@ def test_adapter_files_without_a_window_load_with_the_default(tmp_path):
     assert ckpt["window"] == TRAINED.to_dict()
     del ckpt["window"]  # as written before windows were stored
     torch.save(ckpt, path)
-    assert load_adapter(path, tiny=True).window == DEFAULT_WINDOW
+    assert load_adapter(path, load=load_tiny).window == DEFAULT_WINDOW
 
 
 def test_support_sets_record_each_example_window_and_old_files_load(tmp_path):

@@ -19,6 +19,7 @@ from fmseg import Window
 from fmseg.predictor import Prediction
 from fmseg.progress import Progress
 from fmseg.prompts import Box
+from fmseg.registry import load_tiny
 from fmseg.session import Session
 from napari_fmseg._widget import SHORTCUTS, SegmentWidget
 from napari_fmseg._worker import WorkError, call_work, run_work
@@ -60,7 +61,7 @@ class OracleFactory:
         return Prediction(prob, torch.zeros(1, 1, 4, 4), 1.0)
 
     def __call__(self, volume, **kwargs) -> Session:
-        session = Session(volume, tiny=True, device="cpu", **kwargs)
+        session = Session.from_registry(volume, device="cpu", load=load_tiny, **kwargs)
         for predictor in (session.predictor, session.point_predictor):
             if predictor is not None:
                 predictor.embed_batch = lambda x: torch.zeros(x.shape[0], 1, 1, 1)
@@ -352,7 +353,7 @@ def test_run_work_reports_progress_result_and_errors(qtbot) -> None:
 
 
 def _tiny_factory(volume, **kwargs) -> Session:
-    return Session(volume, tiny=True, device="cpu", **kwargs)
+    return Session.from_registry(volume, device="cpu", load=load_tiny, **kwargs)
 
 
 @pytest.mark.slow
@@ -380,5 +381,5 @@ def test_real_litemedsam_segments_the_liver(make_napari_viewer, qtbot) -> None:
     assert dice > 0.75  # measured 0.80 (LiteMedSAM, tight box, slice 32)
     box = Box(cols.min(), rows.min(), cols.max(), rows.max())
     window = tuple(kwargs["contrast_limits"])  # the widget runs with what the user sees
-    direct = Session(data, spacing=kwargs["scale"], window=window).set_box(0, z, box)
+    direct = Session.from_registry(data, spacing=kwargs["scale"], window=window).set_box(0, z, box)
     np.testing.assert_array_equal(got, direct)  # the widget adds nothing to the core's answer

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..progress import Work
-from ..registry import get_spec, load_model
+from ..registry import ModelLoader, get_spec, load_model, load_tiny
 from ..weights import WeightsError, WeightsSource, resolve, sha256_of
 from ..window import Window, WindowLike
 from .bases import (
@@ -52,9 +52,11 @@ def base_dims(base: str) -> int:
     return BASE_DIMS[kind]
 
 
-def base_fingerprint(base: str, tiny: bool = False, checkpoint: str | None = None) -> str:
-    """SHA-256 identifying the base weights (``"tiny-random"`` for test models)."""
-    if tiny:
+def base_fingerprint(
+    base: str, checkpoint: str | None = None, load: ModelLoader | None = None
+) -> str:
+    """SHA-256 identifying the base weights (``"tiny-random"`` for :func:`load_tiny` models)."""
+    if load is load_tiny:
         return "tiny-random"
     spec = get_spec(base)
     source = WeightsSource("file", str(checkpoint)) if checkpoint else spec.weights
@@ -66,15 +68,15 @@ def base_fingerprint(base: str, tiny: bool = False, checkpoint: str | None = Non
 def build_adapted(
     base: str,
     config: AdapterConfig,
-    tiny: bool = False,
     device: str | None = None,
     checkpoint: str | None = None,
+    load: ModelLoader | None = None,
 ) -> AdaptedModel:
     """Load a registered base model and apply ``config``'s methods (adapters untrained)."""
     dims = base_dims(base)
     with torch.random.fork_rng():
         torch.manual_seed(0)  # tiny test bases: the same random weights every time
-        net = load_model(base, checkpoint=checkpoint, tiny=tiny, device=device)
+        net = (load or load_model)(base, checkpoint=checkpoint, device=device)
     if dims == 2:
         model: AdaptedModel = SamAdapted(base, net, config)
         channels = net.mask_decoder.iou_token.embedding_dim
@@ -84,7 +86,7 @@ def build_adapted(
     model.trainable = apply_methods(model, channels)
     if isinstance(model, VolumeAdapted):
         init_probe_from_base(model)
-    model.fingerprint = base_fingerprint(base, tiny, checkpoint)
+    model.fingerprint = base_fingerprint(base, checkpoint, load)
     return model.to(next(net.parameters()).device)
 
 
@@ -116,10 +118,10 @@ def train_adapter_iter(
     base: str = "litemedsam",
     config: AdapterConfig | None = None,
     settings: TrainSettings | None = None,
-    tiny: bool = False,
     device: str | None = None,
     checkpoint: str | None = None,
     window: WindowLike = None,
+    load: ModelLoader | None = None,
 ) -> Work[AdaptResult]:
     """Train an adapter on annotated images; yields progress, returns :class:`AdaptResult`.
 
@@ -128,11 +130,12 @@ def train_adapter_iter(
         base: Registry name of the base model (``litemedsam``, ``hdbet``, ...).
         config: Method and its options (default: decoder fine-tuning).
         settings: Optimisation settings (defaults of :class:`TrainSettings`).
-        tiny: Tiny random-weight base (tests).
         device: ``"cpu"``, ``"cuda"`` or None.
         checkpoint: Local weights for bases without bundled weights.
         window: 2D bases: intensity window of the training images (None: the default
             0.5-99.5 percentiles of each); kept in the adapter and used to apply it.
+        load: How the base network is built (None: :func:`~fmseg.registry.load_model`;
+            :func:`~fmseg.registry.load_tiny` in tests).
 
     Raises:
         AnnotationError: Unusable annotations (message names the problem).
@@ -145,7 +148,7 @@ def train_adapter_iter(
     if base_dims(base) == 3:
         config = replace(config, patch=settings.patch)
     torch.manual_seed(settings.seed)
-    model = build_adapted(base, config, tiny, device, checkpoint)
+    model = build_adapted(base, config, device, checkpoint, load)
     model.window = Window.of(window)
     feeder = make_feeder(model, annotations, settings)
     result = yield from train_iter(model, feeder, settings)
@@ -197,18 +200,19 @@ def read_adapter(path: str | os.PathLike) -> dict:
 def load_adapter(
     path: str | os.PathLike,
     base: str | None = None,
-    tiny: bool = False,
     device: str | None = None,
     checkpoint: str | None = None,
+    load: ModelLoader | None = None,
 ) -> AdaptedModel:
     """Rebuild the adapted model from an adapter file, refusing a mismatching base.
 
     Args:
         path: Adapter checkpoint.
         base: Base model the caller intends to adapt (None: the one recorded in the file).
-        tiny: Use the tiny random-weight base (tests).
         device: Device for the model.
         checkpoint: Local base weights (must be the ones the adapter was trained on).
+        load: How the base network is built (None: :func:`~fmseg.registry.load_model`;
+            :func:`~fmseg.registry.load_tiny` in tests).
 
     Raises:
         AdapterError: Another base model or other base weights, or tensors that do not fit.
@@ -216,13 +220,14 @@ def load_adapter(
     ckpt = read_adapter(path)
     if base is not None and base != ckpt["base"]:
         raise AdapterError(f"adapter {path} was trained for '{ckpt['base']}', not for '{base}'")
-    fingerprint = base_fingerprint(ckpt["base"], tiny, checkpoint)
+    fingerprint = base_fingerprint(ckpt["base"], checkpoint, load)
     if fingerprint != ckpt["base_sha256"]:
         raise AdapterError(
             f"adapter {path} was trained on other '{ckpt['base']}' weights "
             f"(sha256 {ckpt['base_sha256'][:12]}..., these are {fingerprint[:12]}...)"
         )
-    model = build_adapted(ckpt["base"], AdapterConfig(**ckpt["config"]), tiny, device, checkpoint)
+    config = AdapterConfig(**ckpt["config"])
+    model = build_adapted(ckpt["base"], config, device, checkpoint, load)
     expected = set(model.adapter_state())
     if set(ckpt["state"]) != expected:
         raise AdapterError(f"adapter {path} does not fit its base model's structure")

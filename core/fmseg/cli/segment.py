@@ -114,10 +114,10 @@ def run(args: argparse.Namespace) -> int:
     if args.slice is None:
         raise ValueError("give the --slice the prompts are on")
     check_prompts(args, vol.array.shape)
-    session = Session(
+    session = Session.from_registry(
         vol.array,
-        vol.spacing,
-        model=args.model,
+        args.model,
+        spacing=vol.spacing,
         window=args.window,
         device=args.device,
         checkpoint=args.checkpoint,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..predictor import SamPredictor
-from ..registry import get_spec, load_model
+from ..registry import ModelLoader, get_spec, load_model
 from .backends import Backend, UniverSegBackend
 from .baselines import IntensityBackend, InterpolationBackend, NearestBackend
 from .prototype import PrototypeBackend
@@ -26,32 +26,32 @@ BACKENDS = {
 def build_backend(
     name: str,
     device: str | None = None,
-    tiny: bool = False,
     checkpoint: str | Path | None = None,
     ensemble: int = 1,
     subset: int | None = None,
     prompt_model: str = "litemedsam-points",
+    load: ModelLoader = load_model,
 ) -> Backend:
     """A ready backend.
 
     Args:
         name: One of :data:`BACKENDS`.
         device: Torch device for network backends (None: CUDA when available).
-        tiny: Random tiny networks (tests).
         checkpoint: Weights replacing the registered ones (e.g. ``universeg_v1_nf64_ss64_STA.pt``).
         ensemble: Random support subsets averaged by network backends.
         subset: Supports per ensemble member (None: all; ``incontext-small``: 8, the most
             it was trained with).
         prompt_model: Registry entry used by the prototype backend.
+        load: How networks are built (:func:`~fmseg.registry.load_tiny` in tests).
     """
     if name in ("incontext-small", "universeg-v1"):
-        model = load_model(name, checkpoint=checkpoint, tiny=tiny, device=device)
+        model = load(name, checkpoint=checkpoint, device=device)
         if subset is None and name == "incontext-small":
             subset = TRAINED_SUPPORT  # never more supports per pass than it was trained with
         return UniverSegBackend(model, ensemble=ensemble, subset=subset)
     if name == "prototype":
         spec = get_spec(prompt_model)
-        model = load_model(prompt_model, tiny=tiny, device=device)
+        model = load(prompt_model, device=device)
         return PrototypeBackend(SamPredictor(model, spec.normalisation))
     simple = {"intensity": IntensityBackend, "nearest": NearestBackend}
     simple["interpolation"] = InterpolationBackend
@@ -71,9 +71,9 @@ def build_sampler(
     name: str,
     k: int = 8,
     device: str | None = None,
-    tiny: bool = False,
     checkpoint: str | Path | None = None,
     seed: int = 0,
+    load: ModelLoader = load_model,
 ) -> TycheBackend | AugmentedSampler:
     """A sampler of ``k`` plausible segmentations.
 
@@ -82,14 +82,14 @@ def build_sampler(
             of any :data:`BACKENDS` entry (e.g. ``incontext-small+tta``).
         k: Samples per query.
         device: Torch device (None: CUDA when available).
-        tiny: Random tiny networks (tests).
         checkpoint: Weights replacing the registered ones.
         seed: Seed of the noise / perturbations.
+        load: How networks are built (:func:`~fmseg.registry.load_tiny` in tests).
     """
     if name in ("tyche-small", "tyche-v1"):
-        model = load_model(name, checkpoint=checkpoint, tiny=tiny, device=device)
+        model = load(name, checkpoint=checkpoint, device=device)
         return TycheBackend(model, k=k, seed=seed)
     if name.endswith("+tta") and name[:-4] in BACKENDS:
-        base = build_backend(name[:-4], device=device, tiny=tiny, checkpoint=checkpoint)
+        base = build_backend(name[:-4], device=device, checkpoint=checkpoint, load=load)
         return AugmentedSampler(base, k=k, seed=seed)
     raise KeyError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")

@@ -43,6 +43,7 @@ from fmseg.adapters.facade import (
 )
 from fmseg.adapters.trainer import TrainStep
 from fmseg.progress import Work
+from fmseg.registry import ModelLoader
 
 AdapterError = api.AdapterError
 
@@ -116,11 +117,11 @@ def describe_step(step: Progress) -> Progress:
 class AdapterLogic:
     """The adapter half of :class:`~FMSegLib.logic.FMSegLogic` (a mixin).
 
-    Uses the Logic's ``tiny``, ``device``, ``training`` (list of annotations), ``read_volume``,
-    ``read_segment`` and ``view_axis``.
+    Uses the Logic's ``load`` (model loader), ``device``, ``training`` (list of annotations),
+    ``read_volume``, ``read_segment`` and ``view_axis``.
     """
 
-    tiny: bool
+    load: ModelLoader
     device: str | None
     training: list[Annotation]
 
@@ -229,7 +230,7 @@ class AdapterLogic:
             ]
         work = api.train_adapter_iter(
             list(annotations), base, config, default_settings(method, steps, lr, **settings),
-            tiny=self.tiny, device=self.device,
+            device=self.device, load=self.load,
         )  # fmt: skip
         try:
             while True:
@@ -264,6 +265,6 @@ class AdapterLogic:
                 "(or train a prompt-free method such as spatial-adapter)"
             )
         yield Progress(0, 1, f"loading {adapter.base} + adapter")
-        model = api.load_adapter(adapter.path, adapter.base, tiny=self.tiny, device=self.device)
+        model = api.load_adapter(adapter.path, adapter.base, device=self.device, load=self.load)
         prob = yield from apply_iter(model, volume.array, axis, spacing=volume.spacing)
         return np.asarray(prob) > THRESHOLD

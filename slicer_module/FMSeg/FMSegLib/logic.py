@@ -33,6 +33,7 @@ from fmseg.incontext import (
     volume_source,
 )
 from fmseg.progress import Work
+from fmseg.registry import model_loader
 from fmseg.window import intensity_window
 
 from . import markups, mrml
@@ -104,7 +105,8 @@ class FMSegLogic(AdapterLogic):
         self, scene=None, model: str = "litemedsam", device: str | None = None, tiny: bool = False
     ) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
-        self.model, self.device, self.tiny = model, device, tiny
+        self.model, self.device = model, device
+        self.load = model_loader(tiny)  # how sessions, backends and samplers get networks
         self.support = SupportSet()
         self.training: list = []  # fmseg.adapters.data.Annotation, see add_training
         self._sessions: dict[str, tuple[tuple, Session]] = {}
@@ -152,9 +154,9 @@ class FMSegLogic(AdapterLogic):
             return cached[1]
         model = self.model if adapter is None else adapter.base
         yield Progress(0, 1, f"loading {model}" + ("" if adapter is None else " + adapter"))
-        session = Session(
-            volume.array, spacing=volume.spacing, model=model, device=self.device,
-            tiny=self.tiny, adapter=None if adapter is None else adapter.path,
+        session = Session.from_registry(
+            volume.array, model, spacing=volume.spacing, device=self.device,
+            load=self.load, adapter=None if adapter is None else adapter.path,
             window=volume.window if adapter is None else None,
         )  # fmt: skip
         self._sessions[volume.node_id] = (key, session)
@@ -261,9 +263,9 @@ class FMSegLogic(AdapterLogic):
         key = (kind, name, k)
         if key not in self._networks:
             if kind == "sampler":
-                net = build_sampler(name, k=k, device=self.device, tiny=self.tiny)
+                net = build_sampler(name, k=k, device=self.device, load=self.load)
             else:
-                net = build_backend(name, device=self.device, tiny=self.tiny)
+                net = build_backend(name, device=self.device, load=self.load)
             self._networks[key] = net
         return self._networks[key]
 
