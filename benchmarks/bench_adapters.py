@@ -28,8 +28,8 @@ from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.data import Annotation, slice_samples
 from fmseg.adapters.feeders import SliceFeeder
 from fmseg.adapters.trainer import TrainSettings, train_iter
+from fmseg.metrics import dice
 from fmseg.progress import drain
-from fmseg.uncertainty import dice
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 METHODS = [

@@ -27,8 +27,8 @@ from fmseg.adapters.bases import AdapterConfig, decode_by_patches
 from fmseg.adapters.data import Annotation, volume_sample
 from fmseg.adapters.feeders import VolumeFeeder
 from fmseg.adapters.trainer import TrainSettings, train_iter
+from fmseg.metrics import dice
 from fmseg.progress import drain
-from fmseg.uncertainty import dice
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 AXIS = 2  # axial (arrays are x, y, z)

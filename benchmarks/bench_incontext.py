@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from fmseg.incontext import SupportSet, add_slice, build_backend, segment_volume_iter
+from fmseg.metrics import dice
 from fmseg.progress import drain
 from fmseg.weights import WeightsError
 
@@ -129,12 +130,6 @@ def make_support(target: dict, slices: list[int], shuffled: bool) -> SupportSet:
             for e, m in zip(s.examples, masks, strict=True)
         ]
     return s
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two boolean arrays (1 when both are empty)."""
-    s = pred.sum() + gt.sum()
-    return 1.0 if s == 0 else float(2 * np.logical_and(pred, gt).sum() / s)
 
 
 def run_one(backend, target: dict, n: int, protocol: str, shuffled: bool = False) -> float:

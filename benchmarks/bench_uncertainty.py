@@ -32,6 +32,7 @@ from bench_incontext import DATA, load_targets, make_support, protocol_slices
 from scipy import ndimage as ndi
 from torch.nn import functional as F
 
+from fmseg import metrics as M
 from fmseg import uncertainty as U
 from fmseg.incontext import build_backend, build_sampler, normalise, volume_window
 from fmseg.incontext.segment import _supports
@@ -70,11 +71,11 @@ def evaluate(sampler, det, targets: list[dict], n_queries: int) -> dict:
             rows.append(
                 {
                     "group": t["group"],
-                    "best": U.best_candidate_dice(s, gt[j]),
-                    "det": U.dice(d, gt[j]),
-                    "mean_dice": U.dice(U.mean_probability(s) > 0.5, gt[j]),
-                    "ged": U.ged(s, gt[j]),
-                    "ged_det": U.ged(copies, gt[j]),
+                    "best": M.best_candidate_dice(s, gt[j]),
+                    "det": M.dice(d, gt[j]),
+                    "mean_dice": M.dice(U.mean_probability(s) > 0.5, gt[j]),
+                    "ged": M.ged(s, gt[j]),
+                    "ged_det": M.ged(copies, gt[j]),
                     "diversity": U.diversity(s),
                     "ratio": boundary_ratio(gt[j]),
                 }
@@ -96,8 +97,8 @@ def summarise(rows: list[dict], ent: np.ndarray, err: np.ndarray) -> dict:
     div = np.array([r["diversity"] for r in rows])
     out["diversity_boundary_dominated"] = round(float(div[ratios >= hi].mean()), 4)
     out["diversity_compact"] = round(float(div[ratios <= lo].mean()), 4)
-    out["entropy_auroc"] = round(U.auroc(ent, err), 4)
-    out["error_rate_by_entropy_decile"] = [round(x, 4) for x in U.error_rate_by_decile(ent, err)]
+    out["entropy_auroc"] = round(M.auroc(ent, err), 4)
+    out["error_rate_by_entropy_decile"] = [round(x, 4) for x in M.error_rate_by_decile(ent, err)]
     return out
 
 

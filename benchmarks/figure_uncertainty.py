@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from bench_incontext import DATA, load_targets, make_support  # noqa: E402
 from bench_uncertainty import queries_for  # noqa: E402
 
+from fmseg import metrics as M
 from fmseg import uncertainty as U  # noqa: E402
 from fmseg.incontext import build_sampler, normalise, volume_window  # noqa: E402
 from fmseg.incontext.segment import _supports  # noqa: E402
@@ -33,7 +34,7 @@ def sample_target(sampler, t: dict) -> list[tuple]:
     gt = np.moveaxis(t["labels"], t["axis"], 0)[qry] > 0
     s = sampler.sample(sampler.prepare(_supports(make_support(t, sup, False), None)), q)
     return [
-        (q[j], gt[j], s[:, j], f"{t['name']} slice {qry[j]}", U.best_candidate_dice(s[:, j], gt[j]))
+        (q[j], gt[j], s[:, j], f"{t['name']} slice {qry[j]}", M.best_candidate_dice(s[:, j], gt[j]))
         for j in range(len(qry))
         if gt[j].any()
     ]

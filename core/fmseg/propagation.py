@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .metrics import dice
 from .progress import Progress, Work
 from .prompts import Box
-from .uncertainty import dice
 
 #: ``segment(index, box) -> (H, W)`` bool mask of slice ``index`` prompted with ``box``.
 BoxSegmenter = Callable[[int, Box], np.ndarray]

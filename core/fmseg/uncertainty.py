@@ -1,4 +1,6 @@
-"""Uncertainty maths on a stack of ``K`` candidate segmentations, pure numpy.
+"""Uncertainty maps of a stack of ``K`` candidate segmentations, pure numpy.
+
+Scores (Dice, GED, best-candidate Dice, AUROC) are in :mod:`fmseg.metrics`.
 
 Candidates are probabilities (or binary masks) of shape ``(K, ...)``; every function works on
 2D slices and 3D volumes alike. References are ``(R, ...)`` stacks of binary masks (several
@@ -9,46 +11,23 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _stack(x: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim < 2:
-        raise ValueError(f"{what} must be a stack (K, ...) of at least one 1D map, got {x.shape}")
-    return x
+from .metrics import as_stack, pairwise_dice
 
 
 def mean_probability(samples: np.ndarray) -> np.ndarray:
     """Mean over candidates, ``(K, ...) -> (...)``."""
-    return _stack(samples, "samples").mean(0)
+    return as_stack(samples, "samples").mean(0)
 
 
 def variance(samples: np.ndarray) -> np.ndarray:
     """Per-voxel variance over candidates, ``(K, ...) -> (...)``."""
-    return _stack(samples, "samples").var(0)
+    return as_stack(samples, "samples").var(0)
 
 
 def entropy(samples: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Binary entropy (bits, in [0, 1]) of the mean probability, ``(K, ...) -> (...)``."""
     p = np.clip(mean_probability(samples), eps, 1 - eps)
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary maps; 1 when both are empty."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * float(np.logical_and(a, b).sum()) / s
-
-
-def pairwise_dice(masks: np.ndarray) -> np.ndarray:
-    """``(K, K)`` Dice between every pair of binary candidates (diagonal 1)."""
-    m = _stack(masks, "masks") > 0.5
-    k = len(m)
-    out = np.ones((k, k))
-    for i in range(k):
-        for j in range(i + 1, k):
-            out[i, j] = out[j, i] = dice(m[i], m[j])
-    return out
 
 
 def diversity(masks: np.ndarray) -> float:
@@ -58,62 +37,3 @@ def diversity(masks: np.ndarray) -> float:
     if k < 2:
         return 0.0
     return float((1 - d)[np.triu_indices(k, 1)].mean())
-
-
-def _refs(references: np.ndarray, like: np.ndarray) -> np.ndarray:
-    r = np.asarray(references) > 0.5
-    return r[None] if r.shape == like.shape[1:] else r
-
-
-def best_candidate_dice(samples: np.ndarray, references: np.ndarray) -> float:
-    """Mean over references of the best candidate's Dice (candidates thresholded at 0.5)."""
-    s = _stack(samples, "samples") > 0.5
-    refs = _refs(references, s)
-    return float(np.mean([max(dice(c, r) for c in s) for r in refs]))
-
-
-def ged(samples: np.ndarray, references: np.ndarray) -> float:
-    """Generalised energy distance with ``d = 1 - Dice`` (lower is better).
-
-    ``GED = 2 E[d(s, r)] - E[d(s, s')] - E[d(r, r')]`` over candidates ``s`` and references
-    ``r``, expectations over all pairs (including identical ones, as in the literature).
-    """
-    s = _stack(samples, "samples") > 0.5
-    refs = _refs(references, s)
-
-    def mean_d(a, b):
-        return float(np.mean([1 - dice(x, y) for x in a for y in b]))
-
-    return 2 * mean_d(s, refs) - mean_d(s, s) - mean_d(refs, refs)
-
-
-def auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for detecting ``positive`` voxels (ties averaged).
-
-    Raises:
-        ValueError: When ``positive`` is all true or all false.
-    """
-    s = np.asarray(score, np.float64).ravel()
-    y = np.asarray(positive, bool).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUROC needs both positive and negative voxels")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # average ranks for ties
-    uniq, start, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    avg = start + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def error_rate_by_decile(score: np.ndarray, error: np.ndarray) -> list[float]:
-    """Fraction of wrong voxels in each tenth of the voxels ranked by ``score`` (lowest first).
-
-    Equal-count deciles by rank (ties in stable order), so many equal scores (e.g. entropy 0
-    far from any boundary) still give ten filled bins.
-    """
-    s, e = np.asarray(score).ravel(), np.asarray(error, bool).ravel()
-    order = np.argsort(s, kind="stable")
-    return [float(chunk.mean()) for chunk in np.array_split(e[order], 10)]

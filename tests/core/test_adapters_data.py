@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from fmseg.adapters.data import to_model_grid
+from fmseg.metrics import dice
 from fmseg.registry import load_model
-from fmseg.uncertainty import dice
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 pytestmark = [

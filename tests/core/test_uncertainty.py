@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from fmseg import metrics as M
 from fmseg import uncertainty as U
 
 
@@ -18,7 +19,7 @@ def test_diversity_and_pairwise_dice():
     a, b = np.zeros((4, 4)), np.zeros((4, 4))
     a[:2], b[2:] = 1, 1
     assert U.diversity(np.stack([a, b])) == 1.0
-    assert U.pairwise_dice(np.stack([a, a, b]))[0, 1] == 1.0
+    assert M.pairwise_dice(np.stack([a, a, b]))[0, 1] == 1.0
 
 
 def test_best_candidate_dice_and_ged():
@@ -27,15 +28,15 @@ def test_best_candidate_dice_and_ged():
     wrong = np.zeros((8, 8))
     wrong[0, 0] = 1
     samples = np.stack([wrong, gt])
-    assert U.best_candidate_dice(samples, gt) == 1.0
+    assert M.best_candidate_dice(samples, gt) == 1.0
     # K copies of a perfect prediction: GED 0; mixing in a wrong candidate raises it
-    assert U.ged(np.stack([gt, gt]), gt) == pytest.approx(0.0)
-    assert U.ged(samples, gt) > 0
+    assert M.ged(np.stack([gt, gt]), gt) == pytest.approx(0.0)
+    assert M.ged(samples, gt) > 0
     # two references (raters): a set covering both beats copies of one
     alt = np.zeros((8, 8))
     alt[2:7, 2:7] = 1
     refs = np.stack([gt, alt])
-    assert U.ged(np.stack([gt, alt]), refs) < U.ged(np.stack([gt, gt]), refs)
+    assert M.ged(np.stack([gt, alt]), refs) < M.ged(np.stack([gt, gt]), refs)
 
 
 def test_auroc_matches_pair_counting():
@@ -43,16 +44,16 @@ def test_auroc_matches_pair_counting():
     score = rng.random(200)
     pos = rng.random(200) < score  # informative score
     pairs = [(s1 > s0) + 0.5 * (s1 == s0) for s1 in score[pos] for s0 in score[~pos]]
-    assert U.auroc(score, pos) == pytest.approx(np.mean(pairs))
-    assert U.auroc(np.r_[0, 0, 1, 1], np.r_[False, True, False, True]) == 0.5
+    assert M.auroc(score, pos) == pytest.approx(np.mean(pairs))
+    assert M.auroc(np.r_[0, 0, 1, 1], np.r_[False, True, False, True]) == 0.5
     with pytest.raises(ValueError, match="both"):
-        U.auroc(score, np.ones(200, bool))
+        M.auroc(score, np.ones(200, bool))
 
 
 def test_error_rate_by_decile():
     score = np.arange(100.0)
     err = score >= 90
-    rates = U.error_rate_by_decile(score, err)
+    rates = M.error_rate_by_decile(score, err)
     assert rates[-1] == 1.0 and rates[0] == 0.0 and len(rates) == 10
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..metrics import dice
 from ..prompts import Point
 from ..refine import _FOUR, interior_distance, largest_component, refine_with_click
-from ..uncertainty import dice
 
 __all__ = [
     "centre_pixel",
