@@ -8,7 +8,7 @@ boxes; auto-head (prompt-free) methods with none. Image embeddings are computed 
 and shared by every decoder-side run; the wall time reported is the training time after
 caching, plus the one-off embedding time of the k training slices for that run.
 
-    python benchmarks/bench_adapters.py --task aal:1 --out docs/bench_adapters.json
+    python benchmarks/bench_adapters.py --task aal:1 --out benchmarks/results/adapters.json
 """
 
 from __future__ import annotations

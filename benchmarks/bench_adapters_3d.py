@@ -7,7 +7,7 @@ trained on), after resampling the prediction back to the 1 mm grid. Baseline: th
 network's own output (brain mask) taken as the structure, i.e. no adaptation. Encoder outputs
 or final features are computed once and shared by the runs that can use them.
 
-    python benchmarks/bench_adapters_3d.py --label 73 --out docs/bench_adapters_3d.json
+    python benchmarks/bench_adapters_3d.py --label 73 --out benchmarks/results/adapters_3d.json
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ structure no longer matches its image), at one support size: a network must do c
 better with real supports.
 Usage::
 
-    PYTHONPATH=core python benchmarks/bench_incontext.py --out docs/bench_incontext.json
+    PYTHONPATH=core python benchmarks/bench_incontext.py --out benchmarks/results/incontext.json
 """
 
 from __future__ import annotations

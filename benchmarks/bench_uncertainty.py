@@ -16,7 +16,7 @@ structure, evenly spaced). For each sampler (``K`` samples) and the deterministi
 
 Usage::
 
-    PYTHONPATH=core python benchmarks/bench_uncertainty.py --out docs/bench_uncertainty.json
+    PYTHONPATH=core python benchmarks/bench_uncertainty.py --out benchmarks/results/uncertainty.json
 """
 
 from __future__ import annotations

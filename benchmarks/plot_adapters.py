@@ -1,6 +1,6 @@
-"""Plot held-out Dice vs shots per adapter method from ``docs/bench_adapters.json``.
+"""Plot held-out Dice vs shots per adapter method from ``benchmarks/results/adapters.json``.
 
-python benchmarks/plot_adapters.py docs/bench_adapters.json docs/adapters_dice.png
+python benchmarks/plot_adapters.py benchmarks/results/adapters.json docs/adapters_dice.png
 """
 
 from __future__ import annotations

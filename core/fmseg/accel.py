@@ -353,7 +353,7 @@ class OrtEncoder:
         threads: Intra-op threads; default ``torch.get_num_threads()``.
         spin: Let idle worker threads busy-wait. Off by default: on a busy machine (a GUI,
             training or other jobs on the same cores) spinning threads slowed a LiteMedSAM
-            embedding by ~28% (docs/performance.md).
+            embedding by ~28% (docs/dev/performance.md).
     """
 
     def __init__(self, path: str | os.PathLike, threads: int = 0, spin: bool = False) -> None:

@@ -25,7 +25,7 @@ BoxSegmenter = Callable[[int, Box], np.ndarray]
 
 @dataclass(frozen=True)
 class PropagationSettings:
-    """Tunable rules (defaults measured on LiTS-117, see docs/performance.md).
+    """Tunable rules (defaults measured on LiTS-117, see docs/dev/performance.md).
 
     Attributes:
         margin: Pixels added around the previous mask's box.
