@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from fmseg import Box, EmbeddingCache, Prompts, Session, drain, load_volume
-from fmseg.propagation import dice
+from fmseg.interactive.propagation import dice
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmseg.predictor import SamPredictor, SliceEmbedding
-from fmseg.prompts import Box, Prompts
+from fmseg.interactive.predictor import SamPredictor, SliceEmbedding
+from fmseg.interactive.prompts import Box, Prompts
 from fmseg.registry import WEIGHTS_DIR, load_model
 from fmseg.training import clicks as ck
 from fmseg.training.embed_cache import evaluation_keys, load_cached, slice_targets

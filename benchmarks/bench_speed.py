@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from fmseg import Box, Prompts, Session, load_volume
-from fmseg.cache import EmbeddingCache
-from fmseg.predictor import SamPredictor, SliceEmbedding
+from fmseg.interactive.cache import EmbeddingCache
+from fmseg.interactive.predictor import SamPredictor, SliceEmbedding
 from fmseg.progress import drain
 from fmseg.registry import load_model
 

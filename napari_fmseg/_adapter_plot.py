@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from fmseg.adapters.data import Annotation
 from fmseg.adapters.facade import labelled_slices
-from fmseg.prompts import Box
+from fmseg.interactive.prompts import Box
 
 from . import _layers as L
 

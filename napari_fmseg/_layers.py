@@ -4,7 +4,7 @@ napari layers made from an image hold ``(z, y, x)`` data coordinates (``(y, x)``
 image, which fmseg sees as a volume of one slice). fmseg slices along axis 0 are the
 ``(y, x)`` planes, and their prompts use ``x`` = column, ``y`` = row. So a napari point
 ``(z, y, x)`` becomes ``Point(x, y)`` on slice ``round(z)``, and a shape drawn on slice ``z``
-becomes the :class:`~fmseg.prompts.Box` around its vertices.
+becomes the :class:`~fmseg.interactive.prompts.Box` around its vertices.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fmseg import Window, get_spec
-from fmseg.prompts import Box, Point, Prompts
+from fmseg.interactive.prompts import Box, Point, Prompts
 
 #: Names of the layers the Segment tool manages.
 PROMPTS_LAYER = "fmseg prompts"

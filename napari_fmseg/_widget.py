@@ -20,10 +20,10 @@ import numpy as np
 from magicgui import widgets as mw
 from napari.layers import Image
 
+from fmseg.interactive.prompts import Prompts
+from fmseg.interactive.session import Session
 from fmseg.progress import Progress, Work
-from fmseg.prompts import Prompts
 from fmseg.registry import REGISTRY, model_loader
-from fmseg.session import Session
 
 from . import _layers as L
 from ._controls import StatusLine, button_row, layer_box, on_layers_changed

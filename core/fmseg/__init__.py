@@ -9,13 +9,13 @@ Public API (numpy in, numpy out)::
     result = drain(s.propagate_iter(axis=2, index=40))
 """
 
-from .cache import EmbeddingCache
+from .interactive.cache import EmbeddingCache
+from .interactive.predictor import Prediction, SamPredictor, SliceEmbedding
+from .interactive.prompts import Box, Point, PromptError, Prompts
+from .interactive.session import Session
 from .io import Volume, load_volume, save_labels
-from .predictor import Prediction, SamPredictor, SliceEmbedding
 from .progress import Cancelled, Progress, drain
-from .prompts import Box, Point, PromptError, Prompts
 from .registry import REGISTRY, ModelSpec, get_spec, load_model
-from .session import Session
 from .weights import WeightsError, WeightsSource
 from .window import Window
 

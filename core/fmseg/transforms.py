@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .prompts import Box, Prompts
+from .interactive.prompts import Box, Prompts
 from .window import intensity_window
 
 __all__ = ["SliceFrame", "intensity_window", "prepare_slice"]  # the window rule: .window

@@ -1,7 +1,7 @@
 """The intensity window: the one rule mapping raw intensities to what a model sees.
 
-Every path (interactive :class:`~fmseg.session.Session`, in-context supports and queries,
-Tyche sampling, adapter training and applying) resolves its window here, so that a volume
+Every path (interactive :class:`~fmseg.interactive.session.Session`, in-context supports and
+queries, Tyche sampling, adapter training and applying) resolves its window here, so that a volume
 gets the same ``(low, high)`` whichever tool runs on it, and a model is applied with the
 window it was trained with. Two policies:
 

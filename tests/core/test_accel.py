@@ -5,10 +5,16 @@ import os
 import pytest
 import torch
 
-from fmseg import accel
-from fmseg.accel import build_encoder, export_onnx, fuse_for_inference, onnx_path, weights_key
+from fmseg.interactive import accel
+from fmseg.interactive.accel import (
+    build_encoder,
+    export_onnx,
+    fuse_for_inference,
+    onnx_path,
+    weights_key,
+)
+from fmseg.interactive.predictor import SamPredictor
 from fmseg.models.tiny_vit import TinyViT
-from fmseg.predictor import SamPredictor
 from fmseg.registry import load_model
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None

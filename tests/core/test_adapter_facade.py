@@ -24,8 +24,8 @@ from fmseg.adapters.facade import (
 )
 from fmseg.adapters.methods import METHODS, PEFT_METHODS, MethodError, parse_method
 from fmseg.adapters.trainer import DEFAULT_LR
+from fmseg.interactive.prompts import Box
 from fmseg.progress import Progress, drain
-from fmseg.prompts import Box
 from fmseg.registry import load_tiny
 
 BASES = ("litemedsam", "hdbet")  # 2D promptable, 3D volumetric

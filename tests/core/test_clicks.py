@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fmseg.predictor import SamPredictor
-from fmseg.prompts import Box, Point, Prompts
+from fmseg.interactive.predictor import SamPredictor
+from fmseg.interactive.prompts import Box, Point, Prompts
 from fmseg.registry import load_model
 from fmseg.training import clicks as ck
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fmseg import Box, Prompts, Session, drain
-from fmseg.predictor import Prediction, SliceEmbedding
-from fmseg.propagation import PropagationSettings, dice, keep_connected, propagate_iter
+from fmseg.interactive.predictor import Prediction, SliceEmbedding
+from fmseg.interactive.propagation import PropagationSettings, dice, keep_connected, propagate_iter
 
 
 class ThresholdPredictor:

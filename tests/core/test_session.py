@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from fmseg import Box, Cancelled, Point, PromptError, Prompts, Session, drain
+from fmseg.interactive.session import registry_predictor
 from fmseg.registry import load_tiny
-from fmseg.session import registry_predictor
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from fmseg.prompts import Box, Point, Prompts
+from fmseg.interactive.prompts import Box, Point, Prompts
 from napari_fmseg import _layers as L
 
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from fmseg import Window
-from fmseg.predictor import Prediction
+from fmseg.interactive.predictor import Prediction
+from fmseg.interactive.prompts import Box
+from fmseg.interactive.session import Session
 from fmseg.progress import Progress
-from fmseg.prompts import Box
 from fmseg.registry import load_tiny
-from fmseg.session import Session
 from napari_fmseg._widget import SHORTCUTS, SegmentWidget
 from napari_fmseg._worker import WorkError, call_work, run_work
 

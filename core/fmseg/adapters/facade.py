@@ -25,8 +25,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..interactive.prompts import Box
 from ..progress import Work
-from ..prompts import Box
 from ..registry import REGISTRY
 from ..window import WindowLike
 from .api import BASE_DIMS, base_dims

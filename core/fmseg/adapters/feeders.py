@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..predictor import SamPredictor
+from ..interactive.predictor import SamPredictor
 from ..progress import Progress, Work
 from ..registry import get_spec
 from .bases import SamAdapted, VolumeAdapted, crop_levels

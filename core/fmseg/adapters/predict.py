@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..predictor import SamPredictor
+from ..interactive.predictor import SamPredictor
+from ..interactive.prompts import Box
 from ..progress import Progress, Work
-from ..prompts import Box
 from ..registry import get_spec
 from ..transforms import SliceFrame, prepare_slice
 from ..validation import check_volume
@@ -24,8 +24,9 @@ def _embedder(model: SamAdapted):
     """``(slice, window, spacing) -> (batch, frame)``; a frozen encoder runs on the fast path.
 
     With the image encoder untouched by the adapter, embeddings come from a
-    :class:`~fmseg.predictor.SamPredictor` (fused copy, ONNX Runtime on CPU when installed),
-    the same path interactive segmentation uses; otherwise the adapted encoder runs in torch.
+    :class:`~fmseg.interactive.predictor.SamPredictor` (fused copy, ONNX Runtime on CPU when
+    installed), the same path interactive segmentation uses; otherwise the adapted encoder runs
+    in torch.
     """
     if model.cacheable:
         predictor = SamPredictor(model.net, get_spec(model.base_id).normalisation)

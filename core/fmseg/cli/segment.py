@@ -15,11 +15,11 @@ import numpy as np
 
 from ..adapters.api import load_adapter
 from ..adapters.facade import THRESHOLD, apply_iter
+from ..interactive.prompts import Box, Point, PromptError, Prompts
+from ..interactive.session import Session
 from ..io import Volume, save_labels
 from ..progress import drain
-from ..prompts import Box, Point, PromptError, Prompts
 from ..registry import REGISTRY
-from ..session import Session
 from ..validation import check_slices
 from .common import CliError, add_device, add_window, coordinate, print_progress
 from .files import VOLUME, check_adapter, check_outputs, read_volume

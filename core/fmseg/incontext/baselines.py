@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..interactive.refine import largest_component
 from ..metrics import dice
-from ..refine import largest_component
 from .backends import Backend, Position, Supports, resize
 
 

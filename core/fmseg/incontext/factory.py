@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..predictor import SamPredictor
+from ..interactive.predictor import SamPredictor
 from ..registry import ModelLoader, get_spec, load_model
 from .backends import Backend, UniverSegBackend
 from .baselines import IntensityBackend, InterpolationBackend, NearestBackend

@@ -4,7 +4,7 @@ Support masks pool the image-encoder features into a foreground and a background
 on a query, cells closer to the foreground prototype form a region whose box and most
 similar point prompt the model's decoder, and a second pass prompted with the first mask's
 box refines it (PerSAM's cascaded post-refinement). Works with any SAM-family entry of the
-registry through :class:`~fmseg.predictor.SamPredictor`.
+registry through :class:`~fmseg.interactive.predictor.SamPredictor`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..cache import EmbeddingCache, array_digest
-from ..predictor import SamPredictor, SliceEmbedding
-from ..prompts import Box, Point, Prompts
-from ..refine import largest_component
+from ..interactive.cache import EmbeddingCache, array_digest
+from ..interactive.predictor import SamPredictor, SliceEmbedding
+from ..interactive.prompts import Box, Point, Prompts
+from ..interactive.refine import largest_component
 from .backends import Backend, Supports
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cache import array_digest
+from ..interactive.cache import array_digest
 from ..progress import Progress, Work
 from ..validation import check_slices, check_volume
 from ..window import WindowLike, intensity_window

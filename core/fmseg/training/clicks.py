@@ -1,7 +1,8 @@
 """Click simulation and model-free click refinement, pure numpy/scipy.
 
-Conventions: masks are ``(H, W)`` boolean arrays; clicks are :class:`~fmseg.prompts.Point` with
-``x`` = column and ``y`` = row, in the pixels of the mask they were computed on.
+Conventions: masks are ``(H, W)`` boolean arrays; clicks are
+:class:`~fmseg.interactive.prompts.Point` with ``x`` = column and ``y`` = row, in the
+pixels of the mask they were computed on.
 
 Simulation (as in interactive-segmentation benchmarks):
 
@@ -9,7 +10,8 @@ Simulation (as in interactive-segmentation benchmarks):
 * :func:`error_click`: at the centre (distance-transform maximum) of the largest error region,
   positive on a false negative, negative on a false positive.
 
-The model-free refinement used by the session lives in :mod:`fmseg.refine` (re-exported here).
+The model-free refinement used by the session lives in :mod:`fmseg.interactive.refine`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..interactive.prompts import Point
+from ..interactive.refine import _FOUR, interior_distance, largest_component, refine_with_click
 from ..metrics import dice
-from ..prompts import Point
-from ..refine import _FOUR, interior_distance, largest_component, refine_with_click
 
 __all__ = [
     "centre_pixel",

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..prompts import Box, Point
+from ..interactive.prompts import Box, Point
 from . import clicks as ck
 from . import corpus_slices as cs
 from .corpus import add_data_argument

@@ -1,9 +1,10 @@
 """Model-free click refinement: edit a binary mask with one click, pure numpy/scipy.
 
-Used by :class:`~fmseg.session.Session` for corrective clicks on top of a box, where the
+Used by :class:`~fmseg.interactive.session.Session` for corrective clicks on top of a box, where the
 measurements in ``fmseg/weights/litemedsam_points.md`` show that editing the box prediction
 with the model's own probabilities beats re-running either decoder. Masks are ``(H, W)``
-boolean arrays; clicks are :class:`~fmseg.prompts.Point` with ``x`` = column, ``y`` = row.
+boolean arrays; clicks are :class:`~fmseg.interactive.prompts.Point` with ``x`` = column,
+``y`` = row.
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .models.layers import LayerNorm2d
-from .models.mask_decoder import Attention, MaskDecoder
-from .models.prompt_encoder import PromptEncoder
-from .models.tiny_vit import ConvBN, TinyViT, TinyViTBlock
-from .weights import cache_dir
+from ..models.layers import LayerNorm2d
+from ..models.mask_decoder import Attention, MaskDecoder
+from ..models.prompt_encoder import PromptEncoder
+from ..models.tiny_vit import ConvBN, TinyViT, TinyViTBlock
+from ..weights import cache_dir
 
 # Bump whenever the fused graph changes, so that exports made by older code are not reused.
 ACCEL_VERSION = "1"

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..transforms import SliceFrame, prepare_slice
 from .accel import BACKENDS, build_encoder, fuse_for_inference
 from .prompts import PromptError, Prompts
-from .transforms import SliceFrame, prepare_slice
 
 _IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 _IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
@@ -55,9 +55,9 @@ class SamPredictor:
         model: A SAM-family model in eval mode.
         normalisation: ``"minmax"`` or ``"imagenet"`` (see :class:`~fmseg.registry.ModelSpec`).
         encoder_backend: ``"torch"``, ``"onnx"`` or ``"auto"`` (ONNX Runtime on CPU when
-            installed, PyTorch on CUDA); see :func:`fmseg.accel.build_encoder`. Inference runs
-            on fused copies made here and at the first embedding: later changes to ``model``'s
-            weights are not seen (make a new predictor).
+            installed, PyTorch on CUDA); see :func:`fmseg.interactive.accel.build_encoder`.
+            Inference runs on fused copies made here and at the first embedding: later changes
+            to ``model``'s weights are not seen (make a new predictor).
     """
 
     def __init__(

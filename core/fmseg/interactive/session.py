@@ -9,26 +9,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..progress import Progress, Work
+from ..registry import ModelLoader, get_spec, load_model
+from ..validation import check_label_value, check_volume
+from ..weights import sha256_of
+from ..window import Window, WindowLike
 from .cache import EmbeddingCache, array_digest
 from .predictor import Prediction, SamPredictor, SliceEmbedding
-from .progress import Progress, Work
 from .prompts import Box, Point, Prompts
 from .propagation import PropagationResult, PropagationSettings, propagate_iter
 from .refine import refine_with_click
-from .registry import ModelLoader, get_spec, load_model
-from .validation import check_label_value, check_volume
-from .weights import sha256_of
-from .window import Window, WindowLike
 
 if TYPE_CHECKING:
-    from .adapters.bases import AdaptedModel
+    from ..adapters.bases import AdaptedModel
 
 SliceKey = tuple[int, int]  # (axis, index)
 
 
 def _box_head_net(adapted: AdaptedModel) -> nn.Module:
     """The base SAM model with a box-head adapter merged in (prompt-free heads refused)."""
-    from .adapters.methods import merge_adapters
+    from ..adapters.methods import merge_adapters
 
     if adapted.head_kind != "box":
         raise ValueError(
@@ -150,7 +150,7 @@ class Session:
         if adapter is None:
             box = registry_predictor(model, checkpoint, device, load)
             return cls(volume, box, points, spacing=spacing, window=window, cache=cache, name=model)
-        from .adapters.api import load_adapter
+        from ..adapters.api import load_adapter
 
         adapted = load_adapter(adapter, model, device, checkpoint, load)
         name = f"{model}+adapter:{sha256_of(adapter)[:16]}"
@@ -325,7 +325,8 @@ class Session:
     ) -> Work[PropagationResult]:
         """Propagate the working mask of slice ``index`` through the volume (generator).
 
-        Slices prompted along ``axis`` are anchors. See :func:`fmseg.propagation.propagate_iter`.
+        Slices prompted along ``axis`` are anchors. See
+        :func:`fmseg.interactive.propagation.propagate_iter`.
         """
         anchors = {i for (a, i), p in self.prompts.items() if a == axis and not p.empty}
 

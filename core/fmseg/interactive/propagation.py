@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .metrics import dice
-from .progress import Progress, Work
+from ..metrics import dice
+from ..progress import Progress, Work
 from .prompts import Box
 
 #: ``segment(index, box) -> (H, W)`` bool mask of slice ``index`` prompted with ``box``.
