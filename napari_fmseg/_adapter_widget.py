@@ -249,8 +249,7 @@ class AdapterWidget(mw.Container):
             self.status.say(f"training: {step.message}")
             return
         self.plot.add(step.done, step.loss, step.val_dice)
-        dice = "" if step.val_dice is None else f", validation Dice {step.val_dice:.3f}"
-        self.status.say(f"training: step {step.done}/{step.total}, loss {step.loss:.3f}{dice}")
+        self.status.say(f"training: {step.describe()}")
 
     def _on_trained(self, result: AdaptResult) -> None:
         self.adapter, self.history, self.metrics = result.model, result.history, result.metrics()

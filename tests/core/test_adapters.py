@@ -265,3 +265,11 @@ def test_best_state_is_a_snapshot_not_the_live_weights():
     with torch.no_grad():
         model.head.conv.weight.add_(1.0)
     assert not torch.equal(state["head.conv.weight"], model.head.conv.weight)
+
+
+def test_a_training_step_describes_itself_once_for_every_front_end():
+    from fmseg.adapters.trainer import TrainStep
+
+    assert TrainStep(3, 10, "", loss=0.51234).describe() == "step 3/10: loss 0.512"
+    step = TrainStep(4, 10, "", loss=0.5, val_dice=0.8766)
+    assert step.describe() == "step 4/10: loss 0.500, validation Dice 0.877"

@@ -84,6 +84,11 @@ class TrainStep(Progress):
     loss: float = math.nan
     val_dice: float | None = None
 
+    def describe(self) -> str:
+        """``"step n/N: loss x.xxx, validation Dice y.yyy"``, the wording every front end shows."""
+        text = f"step {self.done}/{self.total}: loss {self.loss:.3f}"
+        return text if self.val_dice is None else f"{text}, validation Dice {self.val_dice:.3f}"
+
 
 @dataclass
 class AdaptResult:

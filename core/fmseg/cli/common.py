@@ -54,8 +54,7 @@ def parse_slices(text: str) -> list[int]:
 def print_progress(step: Progress) -> None:
     """Overwrite the current stderr line with ``step`` (training steps: loss and Dice)."""
     if isinstance(step, TrainStep):
-        val = "" if step.val_dice is None else f", val Dice {step.val_dice:.3f}"
-        text = f"step {step.done}/{step.total}: loss {step.loss:.4f}{val}   "
+        text = f"{step.describe()}   "
     else:
         text = f"{step.message} ({100 * step.fraction:.0f}%)"
     print(f"\r{text}", end="", file=sys.stderr, flush=True)

@@ -108,10 +108,7 @@ def describe_step(step: Progress) -> Progress:
     """A training step whose message also names the validation Dice."""
     if not isinstance(step, TrainStep):
         return step
-    text = f"training step {step.done}/{step.total}: loss {step.loss:.3f}"
-    if step.val_dice is not None:
-        text += f", validation Dice {step.val_dice:.3f}"
-    return dataclasses.replace(step, message=text)
+    return dataclasses.replace(step, message=f"training {step.describe()}")
 
 
 class AdapterLogic:
