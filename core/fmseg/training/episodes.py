@@ -58,6 +58,10 @@ class Stack:
     labels: torch.Tensor
     counts: np.ndarray  # (N, L) pixels of each label value in each slice
 
+    def area(self, values) -> np.ndarray:
+        """``(N,)`` pixels of the union of ``values`` in each slice."""
+        return self.counts[:, [v for v in values if v < self.counts.shape[1]]].sum(1)
+
 
 @dataclass(frozen=True)
 class Structure:
@@ -144,12 +148,12 @@ class EpisodeSampler:
         images = None if img is None else resize(np.moveaxis(img, axis, 0), labels=False)
         counts = slice_counts(labels)
         s = len(self.stacks)
-        self.stacks.append(Stack(rec, axis, images, labels, counts))
+        stack = Stack(rec, axis, images, labels, counts)
+        self.stacks.append(stack)
         targets = {rec.names[v]: (v,) for v in rec.names if v not in rec.excluded}
         targets.update({k: vs for k, vs in rec.unions.items() if not set(vs) & set(rec.excluded)})
         for key, values in targets.items():
-            area = counts[:, [v for v in values if v < counts.shape[1]]].sum(1)
-            slices = np.flatnonzero(area >= MIN_AREA)
+            slices = np.flatnonzero(stack.area(values) >= MIN_AREA)
             if len(slices) >= 2:
                 self.structures.append(Structure(key, s, values, slices))
 
@@ -186,26 +190,23 @@ class EpisodeSampler:
         p = np.array([getattr(self.mix, k) for k in kinds], float)
         kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        self._split_centre = None
         if kind == "shapes":
             return self._shapes(n_support, rng, gen)
         idx, w = self.by_kind[kind]
         st = self.structures[int(rng.choice(idx, p=w))]
         partner = self._partner(st, kind, rng) if rng.random() < self.mix.cross else None
-        st, values = self._augment_target(st, rng)
-        sup_st = st
+        st, values, angle = self._augment_target(st, rng)
         qry_st = partner if partner is not None else st
-        q_values = values if partner is None else partner.values
-        sup = self._pick(sup_st.slices, n_support + (partner is None), rng)
+        sup = self._pick(st.slices, n_support + (partner is None), rng)
         if partner is None:
             sup, q = sup[:-1], sup[-1:]
-            q = self._maybe_empty(st, values, q, rng)
+            q = self._maybe_empty(st, q, rng)
         else:
             q = self._pick(partner.slices, 1, rng)
-        s_img, s_lab = self._slices(sup_st, sup, kind, gen, None)
-        q_img, q_lab = self._slices(qry_st, q, kind, gen, getattr(self, "_last_app", None))
-        s_mask = self._target(s_lab, values, st)
-        q_mask = self._target(q_lab, q_values, qry_st)
+        s_img, s_lab, appearance = self._slices(st, sup, kind, gen, None)
+        q_img, q_lab, _ = self._slices(qry_st, q, kind, gen, appearance)  # same contrast
+        s_mask, centre = split_target(s_lab, values, angle, None)
+        q_mask, _ = split_target(q_lab, qry_st.values if partner else values, angle, centre)
         return s_img[:, None], s_mask[:, None], q_img, q_mask
 
     def _pick(self, pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -222,19 +223,22 @@ class EpisodeSampler:
         ]
         return self.structures[int(rng.choice(cands))] if cands else None
 
-    def _maybe_empty(self, st, values, q, rng):
+    def _maybe_empty(self, st: Structure, q: np.ndarray, rng) -> np.ndarray:
+        """With probability ``empty``, a slice next to the structure where it is absent."""
         if rng.random() >= self.mix.empty:
             return q
-        counts = self.stacks[st.stack].counts
-        area = counts[:, [v for v in values if v < counts.shape[1]]].sum(1)
+        area = self.stacks[st.stack].area(st.values)
         lo, hi = st.slices.min(), st.slices.max()
         near = np.arange(max(0, lo - 3), min(len(area), hi + 4))
         near = near[area[near] == 0]
         return q if len(near) == 0 else near[int(rng.integers(len(near)))][None]
 
-    def _augment_target(self, st: Structure, rng) -> tuple[Structure, tuple[int, ...]]:
-        """Merge with touching labels (p ``merge``); a split is applied in :meth:`_target`."""
-        self._split_line = None
+    def _augment_target(self, st: Structure, rng):
+        """``(structure, values, split angle or None)`` after the task augmentations.
+
+        Merges with 1-2 touching labels (p ``merge``) and draws the angle of a splitting line
+        (p ``split``; applied by :func:`split_target`).
+        """
         values = st.values
         stack = self.stacks[st.stack]
         if rng.random() < self.mix.merge:
@@ -248,39 +252,27 @@ class EpisodeSampler:
                     sorted(near), size=min(len(near), int(rng.integers(1, 3))), replace=False
                 )
                 values = tuple(values) + tuple(int(v) for v in extra)
-                area = stack.counts[:, [v for v in values if v < stack.counts.shape[1]]].sum(1)
-                st = Structure(
-                    st.key + "+merge", st.stack, values, np.flatnonzero(area >= MIN_AREA)
-                )
-        if rng.random() < self.mix.split:
-            self._split_line = float(rng.uniform(0, np.pi))
-        return st, values
+                slices = np.flatnonzero(stack.area(values) >= MIN_AREA)
+                st = Structure(st.key + "+merge", st.stack, values, slices)
+        angle = float(rng.uniform(0, np.pi)) if rng.random() < self.mix.split else None
+        return st, values, angle
 
     def _slices(self, st: Structure, idx, kind, gen, appearance):
+        """``(images, labels, appearance)`` of slices ``idx``.
+
+        Real images (appearance None), or synthesised with ``appearance`` (a new one if None).
+        """
         stack = self.stacks[st.stack]
         lab = stack.labels[torch.as_tensor(np.asarray(idx))]
         if kind == "real":
-            self._last_app = None
-            return stack.images[torch.as_tensor(np.asarray(idx))], lab
+            return stack.images[torch.as_tensor(np.asarray(idx))], lab, None
         if appearance is None:
             n_lab = int(stack.counts.shape[1])
             appearance = draw_appearance(
                 n_lab, np.random.default_rng(int(torch.randint(2**31, (1,), generator=gen)))
             )
-        self._last_app = appearance
         img, lab = synthesize(lab, appearance, gen, warp=True)
-        return img, lab
-
-    def _target(self, lab: torch.Tensor, values, st: Structure) -> torch.Tensor:
-        mask = torch.isin(lab.long(), torch.as_tensor(values, dtype=torch.long)).float()
-        if self._split_line is not None and mask.sum() > 0:
-            yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-            proj = np.cos(self._split_line) * xx + np.sin(self._split_line) * yy
-            if self._split_centre is None:  # from the supports; the query uses the same line
-                self._split_centre = float((proj * mask).sum() / mask.sum())
-            centre = self._split_centre
-            mask = mask * (proj[None] >= centre).float()
-        return mask
+        return img, lab, appearance
 
     def _shapes(self, n_support: int, rng, gen):
         n_lab = int(rng.integers(3, 9))
@@ -293,3 +285,19 @@ class EpisodeSampler:
         img, lab = synthesize(lab, draw_appearance(n_lab, rng), gen, warp=False)
         mask = (lab == target).float()
         return img[:-1, None], mask[:-1, None], img[-1:], mask[-1:]
+
+
+def split_target(lab: torch.Tensor, values, angle: float | None, centre: float | None):
+    """``(mask, centre)``: the union of ``values`` in ``(N, H, W)`` labels, cut by a line.
+
+    With an ``angle``, only the side of the line through ``centre`` (the mask's centre along
+    the line's normal when None, returned so the query is cut by the supports' line) is kept.
+    """
+    mask = torch.isin(lab.long(), torch.as_tensor(values, dtype=torch.long)).float()
+    if angle is None or mask.sum() == 0:
+        return mask, centre
+    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+    proj = np.cos(angle) * xx + np.sin(angle) * yy
+    if centre is None:
+        centre = float((proj * mask).sum() / mask.sum())
+    return mask * (proj[None] >= centre).float(), centre

@@ -67,7 +67,7 @@ def draw_appearance(n_labels: int, rng: np.random.Generator) -> Appearance:
 
 
 def smooth_field(shape: tuple[int, ...], cells: int, gen: torch.Generator) -> torch.Tensor:
-    """A smooth random field in [-1, 1] of ``shape`` ``(N, H, W)``: cubic-ish upsampled noise."""
+    """A smooth random field in [-1, 1] of ``shape`` ``(N, H, W)``: trilinearly upsampled noise."""
     n = shape[0]
     low = torch.rand(1, 1, max(2, min(n, cells)), cells, cells, generator=gen) * 2 - 1
     return F.interpolate(low, size=shape, mode="trilinear", align_corners=True)[0, 0]
