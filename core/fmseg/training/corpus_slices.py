@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..transforms import SliceFrame, intensity_window, prepare_slice
-from .embed_cache import MIN_PX, MODEL_SIZE, SliceInput, _components
+from .embed_cache import MIN_PX, MODEL_SIZE, SliceInput, components
 from .episodes import axes_of, crop_to_split
 from .record import Record
 from .splits import held_out_concept, is_held_out_subject
@@ -248,7 +248,7 @@ def entry_targets(
             continue
         mask = label == v
         if INSTANCE.search(name.lower()):
-            out += [(group, m) for m in _components(mask, min_px)]
+            out += [(group, m) for m in components(mask, min_px)]
         elif mask.sum() >= min_px:
             out.append((group, mask))
     for values in meta["unions"].values():

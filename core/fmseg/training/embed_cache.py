@@ -134,7 +134,8 @@ def evaluation_keys(lits_step: int = 2, colin_step: int = 6) -> list[SliceKey]:
     return keys
 
 
-def _components(mask: np.ndarray, min_px: int) -> list[np.ndarray]:
+def components(mask: np.ndarray, min_px: int) -> list[np.ndarray]:
+    """The connected components of ``(H, W)`` ``mask`` with at least ``min_px`` pixels."""
     from scipy import ndimage
 
     lab, n = ndimage.label(mask)
@@ -164,11 +165,11 @@ def slice_targets(
         liver = label > 0
         if liver.sum() >= min_px:
             out.append(("liver", liver))
-        out += [("tumour", m) for m in _components(label == 2, min_px)]
+        out += [("tumour", m) for m in components(label == 2, min_px)]
         return out
     for value in np.unique(label[label > 0]):
         if (int(value) in AAL_HELDOUT) == heldout:
-            out += [("aal", m) for m in _components(label == value, min_px)]
+            out += [("aal", m) for m in components(label == value, min_px)]
     return out
 
 

@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from ..weights import cache_dir, sha256_of
@@ -218,8 +219,6 @@ def fetch(source: Source, folder: Path | None = None, downloader: Downloader = d
 
 
 def _match(name: str, patterns: tuple[str, ...]) -> bool:
-    from fnmatch import fnmatch
-
     return any(fnmatch(name, p) for p in patterns)
 
 

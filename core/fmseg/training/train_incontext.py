@@ -30,6 +30,7 @@ from ..models.tyche import TycheTS
 from ..models.universeg import UniverSeg
 from . import incontext_data as D
 from .corpus import add_data_argument
+from .episodes import Mix
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "incontext_small.pt"
 
@@ -264,7 +265,7 @@ def episode_source(args: argparse.Namespace):
         groups = dict(zip(("aal", "lits", "synthetic"), args.shares, strict=True))
         return lambda n, rng: legacy_episode(tasks, groups, n, rng)
     from .corpus import load_corpus
-    from .episodes import EpisodeSampler, Mix
+    from .episodes import EpisodeSampler
 
     mix = Mix(real=args.mix[0], synth=args.mix[1], shapes=args.mix[2])
     return EpisodeSampler(load_corpus(root=args.corpus, split="train"), "train", mix).episode
@@ -291,7 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4)
     add_data_argument(p, "the first set (AAL/LiTS/ellipses)")
     p.add_argument("--corpus", type=Path, default=None, help="corpus folder (default: cache)")
-    mix = (0.45, 0.35, 0.2)
+    mix = (Mix.real, Mix.synth, Mix.shapes)  # the sampler's own defaults
     p.add_argument("--mix", type=float, nargs=3, default=mix, help="corpus real/synth/shapes")
     shares = (0.55, 0.25, 0.2)
     p.add_argument("--shares", type=float, nargs=3, default=shares, help="legacy AAL/LiTS/synth")
