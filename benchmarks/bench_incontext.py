@@ -40,10 +40,10 @@ import numpy as np
 from fmseg.incontext import SupportSet, add_slice, build_backend, segment_volume_iter
 from fmseg.metrics import dice
 from fmseg.progress import drain
+from fmseg.training.splits import HELD_OUT_AAL
 from fmseg.weights import WeightsError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-HELD_OUT_AAL = (6, 19, 30, 43, 54, 67, 78, 91, 102, 115)
 SIZES = (1, 2, 4, 8, 16)
 GROUPS = ("liver", "aal")
 CORPUS_GROUPS = ("heldout-subjects", "heldout-structures")

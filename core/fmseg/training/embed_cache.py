@@ -33,12 +33,13 @@ import numpy as np
 import torch
 
 from ..transforms import SliceFrame, intensity_window, prepare_slice
+from .splits import HELD_OUT_AAL
 
 DATA_DIR = Path("/work/shared/data")
 CACHE_DIR = Path(__file__).resolve().parents[3] / ".cache" / "emb"
 LITS_WINDOW = (-160.0, 240.0)
-LITS_ZSPLIT = 64
-AAL_HELDOUT: tuple[int, ...] = (6, 19, 30, 43, 54, 67, 78, 91, 102, 115)
+LITS_ZSPLIT = 64  # along array axis 2, unlike the corpus's LiTS split (axis 0, splits.py)
+AAL_HELDOUT: tuple[int, ...] = HELD_OUT_AAL
 MODEL_SIZE = 256
 MIN_PX = 20
 

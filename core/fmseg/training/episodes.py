@@ -24,14 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.nn import functional as F
 
 from ..incontext.support import normalise
+from .incontext_data import SIZE, resize_stack
 from .record import Record
 from .splits import is_held_out_subject
 from .synth import draw_appearance, random_label_map, synthesize
 
-SIZE = 128
 MIN_AREA = 8  # pixels (at 128x128) for a slice to hold the structure
 
 
@@ -74,12 +73,10 @@ class Structure:
 
 
 def resize(stack: np.ndarray, labels: bool) -> torch.Tensor:
-    """``(N, H, W)`` -> ``(N, SIZE, SIZE)`` (labels nearest, images bilinear antialiased)."""
-    t = torch.from_numpy(np.ascontiguousarray(stack)).float()[:, None]
+    """``(N, H, W)`` -> ``(N, SIZE, SIZE)``: int16 labels, or images clamped to [0, 1]."""
     if labels:
-        return F.interpolate(t, (SIZE, SIZE), mode="nearest")[:, 0].to(torch.int16)
-    out = F.interpolate(t, (SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
-    return out[:, 0].clamp(0, 1)
+        return resize_stack(stack, "nearest").to(torch.int16)
+    return resize_stack(stack, "bilinear").clamp(0, 1)  # antialiasing overshoots a little
 
 
 def axes_of(record: Record) -> tuple[int, ...]:

@@ -20,12 +20,11 @@ import torch
 from torch.nn import functional as F
 
 from ..incontext.support import normalise
+from .splits import HELD_OUT_AAL, LITS_SPLIT  # axis 0 < 64 train, >= 64 evaluation
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 SIZE = 128
 LITS_WINDOW = (-160.0, 240.0)
-LITS_SPLIT = 64  # array axis 0 (head-to-foot): < 64 train, >= 64 evaluation
-HELD_OUT_AAL = (6, 19, 30, 43, 54, 67, 78, 91, 102, 115)  # never trained on (as for clicks)
 
 
 @dataclass
