@@ -149,3 +149,31 @@ def test_group_weights_and_legacy_keys():
     assert cs.CorpusSliceKey.from_name("lits_a2_005_z64") is None
     with pytest.raises(SystemExit):
         parse_args(["--group-weights", "ct"])
+
+
+def test_click_training_leaves_out_the_click_benchmarks_lits_slices():
+    """LiTS-117: neither the corpus's axis-0 evaluation half nor the axis-2 slices >= 64 that
+    the click benchmark scores are ever training slices."""
+    from fmseg.training.corpus_slices import record_keys, train_part
+    from fmseg.training.embed_cache import LITS_ZSPLIT
+
+    lab = np.zeros((24, 24, 80), np.int16)
+    lab[2:22, 2:22, 2:78] = 1
+    img = lab.astype(np.float32) * 100
+    rec = Record(
+        "lits117",
+        "shared",
+        "lits117",
+        "CT",
+        lab,
+        img,
+        names={1: "lits:liver"},
+        window=(-160.0, 240.0),
+        orientation="unknown",
+        eval_region=(0, 12),
+    )
+    _, part = train_part(rec)
+    assert part.shape == (12, 24, LITS_ZSPLIT)
+    keys = record_keys(rec, step=1, synth_prob=0.0)
+    assert keys and all(k.index < 12 for k in keys if k.axis == 0)
+    assert all(k.index < LITS_ZSPLIT for k in keys if k.axis == 2)

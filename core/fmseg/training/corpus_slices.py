@@ -8,7 +8,7 @@ either the record's real image or a SynthSeg-style image of its labels
 cached label slice back into training targets.
 
 What never becomes a target: records of held-out subjects (not enumerated at all), the
-evaluation region of a record (cut off with :func:`~fmseg.training.episodes.crop_to_split`),
+evaluation region of a record and the click benchmark's LiTS slices (:func:`train_part`),
 excluded label values and names of held-out concepts
 (:func:`~fmseg.training.splits.held_out_concept`).
 
@@ -28,12 +28,15 @@ import numpy as np
 import torch
 
 from ..transforms import SliceFrame, intensity_window, prepare_slice
-from .embed_cache import MIN_PX, MODEL_SIZE, SliceInput, components
+from .embed_cache import LITS_ZSPLIT, MIN_PX, MODEL_SIZE, SliceInput, components
 from .episodes import axes_of, crop_to_split
 from .record import Record
 from .splits import held_out_concept, is_held_out_subject
 from .synth import Appearance, draw_appearance, synthesize
 
+# The click benchmark (embed_cache.evaluation_keys) scores LiTS-117 along array axis 2 from
+# LITS_ZSPLIT on, while the corpus's split cuts axis 0: click training leaves out both.
+CLICK_EVAL_REGIONS = {"lits117": (2, LITS_ZSPLIT)}
 STEP = 3  # every 3rd labelled slice: ~2,000 slices (incl. synthetic) on the v1 corpus
 SYNTH_PROB = 0.2  # share of real slices that also get a synthetic copy
 SEED = 0
@@ -103,6 +106,19 @@ def trainable_values(record: Record) -> list[int]:
     )
 
 
+def train_part(record: Record) -> tuple[np.ndarray | None, np.ndarray]:
+    """Image and labels a click trainer may use.
+
+    The corpus's training part, less the click benchmark's region (:data:`CLICK_EVAL_REGIONS`).
+    """
+    img, lab = crop_to_split(record, "train")
+    if record.id in CLICK_EVAL_REGIONS:
+        axis, start = CLICK_EVAL_REGIONS[record.id]
+        keep = tuple(slice(0, start) if a == axis else slice(None) for a in range(3))
+        img, lab = (None if img is None else img[keep]), lab[keep]
+    return img, lab
+
+
 def _seed(*parts: int | str) -> int:
     """A 63-bit seed from ints and strings (crc32 of strings: stable across runs)."""
     ints = [p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
@@ -139,7 +155,7 @@ def record_keys(
     if is_held_out_subject(record.subject):
         return []
     values = trainable_values(record)
-    _, lab = crop_to_split(record, "train")
+    _, lab = train_part(record)
     real = family(record) != "synthetic"
     rng = np.random.default_rng(_seed(seed, record.id))
     start = zlib.crc32(record.id.encode()) % step
@@ -204,7 +220,7 @@ class CorpusSlices:
     def __call__(self, key: CorpusSliceKey, size: int = MODEL_SIZE) -> SliceInput:
         """Model input ``(1, 3, size, size)``, label slice ``(H, W)`` and cache metadata."""
         rec = self.records[key.record]
-        img, lab = crop_to_split(rec, "train")
+        img, lab = train_part(rec)
         label = np.take(lab, key.index, axis=key.axis)
         spacing = tuple(float(s) for a, s in enumerate(rec.spacing) if a != key.axis)
         if key.synth_seed is None:
