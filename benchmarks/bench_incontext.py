@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fmseg.incontext import SupportSet, add_slice, build_backend, segment_volume_iter
 from fmseg.metrics import dice
@@ -46,13 +48,15 @@ from fmseg.weights import WeightsError
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SIZES = (1, 2, 4, 8, 16)
 GROUPS = ("liver", "aal")
-CORPUS_GROUPS = ("heldout-subjects", "heldout-structures")
+CORPUS_GROUPS = ("heldout-subjects", "heldout-structures", "cross-subject")
 TITLES = {
     "liver": "LiTS-117 liver",
     "aal": "10 held-out AAL structures",
     "heldout-subjects": "corpus: held-out subjects",
     "heldout-structures": "corpus: held-out structures",
+    "cross-subject": "corpus: supports from another subject",
 }
+CLICKS = 5
 
 
 def load_targets(data: Path) -> list[dict]:
@@ -84,14 +88,17 @@ def load_targets(data: Path) -> list[dict]:
 def corpus_targets(groups: list[str]) -> list[dict]:
     """Targets of the corpus's held-out split (query step 3), or none without a corpus."""
     from fmseg.training.corpus import load_corpus
-    from fmseg.training.heldout import heldout_targets
+    from fmseg.training.heldout import cross_subject_targets, heldout_targets
 
     try:
         records = load_corpus(build_missing=False)
     except FileNotFoundError as err:
         print(f"skipping {', '.join(groups)}: {err}", flush=True)
         return []
-    return [dict(t, step=3) for t in heldout_targets(records, groups)]
+    out = [dict(t, step=3) for t in heldout_targets(records, groups)]
+    if "cross-subject" in groups:
+        out += [dict(t, step=3) for t in cross_subject_targets(records)]
+    return out
 
 
 def protocol_slices(labels: np.ndarray, axis: int, n: int, protocol: str, step: int = 2):
@@ -132,35 +139,107 @@ def make_support(target: dict, slices: list[int], shuffled: bool) -> SupportSet:
     return s
 
 
-def run_one(backend, target: dict, n: int, protocol: str, shuffled: bool = False) -> float:
-    """Dice of one backend on one target structure."""
+def cross_support(target: dict, n: int) -> SupportSet:
+    """``n`` evenly spaced annotated slices of the *support* subject's structure."""
+    labels, ax = target["support_labels"], target["axis"]
+    present = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != ax)))
+    pick = np.unique(np.linspace(0, len(present) - 1, n + 2)[1:-1].round().astype(int))
+    s = SupportSet()
+    for i in present[pick]:
+        add_slice(s, target["support_image"], labels, ax, int(i), target["support_window"])
+    return s
+
+
+def run_one(
+    backend, target: dict, n: int, protocol: str, shuffled: bool = False, counts=None
+) -> float:
+    """Dice of one backend on one target structure (``cross``: supports from its partner)."""
     step = target.get("step", 2)
-    sup, qry = protocol_slices(target["labels"], target["axis"], n, protocol, step)
-    support = make_support(target, sup, shuffled)
+    if protocol == "cross":
+        _, qry = protocol_slices(target["labels"], target["axis"], 1, "interleaved", step)
+        support = cross_support(target, n)
+    else:
+        sup, qry = protocol_slices(target["labels"], target["axis"], n, protocol, step)
+        support = make_support(target, sup, shuffled)
     work = segment_volume_iter(
         backend, support, target["image"], target["axis"], target["window"], slices=qry
     )
     res = drain(work)
+    if counts is not None:  # which path each query took (auto)
+        for k, v in res.path_counts().items():
+            counts[k] = counts.get(k, 0) + v
     ax = target["axis"]
     pred = np.take(res.labels > 0, qry, ax)
     return dice(pred, np.take(target["labels"] > 0, qry, ax))
 
 
-def group_dice(backend, targets, group, n, protocol, shuffled=False, per=None) -> float:
-    """Mean Dice over the targets of one group (``per``: dict collecting each target's)."""
+def group_dice(
+    backend, targets, group, n, protocol, shuffled=False, per=None, counts=None
+) -> float | None:
+    """Mean Dice over the targets of one group (``per``: dict collecting each target's).
+
+    None when the protocol does not apply to the group (``cross`` is only for
+    ``cross-subject``, which only has ``cross``) or the backend cannot run it (interpolation
+    without supports from the query's volume).
+    """
+    if (protocol == "cross") != (group == "cross-subject"):
+        return None
+    if protocol == "cross" and backend.name.startswith("interpolation"):
+        return None
     scores = []
     for t in (t for t in targets if t["group"] == group):
-        scores.append(run_one(backend, t, n, protocol, shuffled))
+        scores.append(run_one(backend, t, n, protocol, shuffled, counts))
         if per is not None:
             per.setdefault(t["name"], []).append(round(scores[-1], 4))
     return round(float(np.mean(scores)), 4)
 
 
 def make_backend(name: str, checkpoints: dict[str, str]):
-    """A backend by registry name, or ``NAME`` of ``--checkpoint NAME=PATH`` (same network)."""
+    """A backend by name, or ``NAME`` of ``--checkpoint NAME=PATH``.
+
+    ``NAME`` is ``BACKEND@TAG`` (e.g. ``auto@w32``: the ``auto`` backend with that network) or
+    a plain tag (an ``incontext-small``-architecture checkpoint).
+    """
     if name in checkpoints:
-        return build_backend("incontext-small", device="cpu", checkpoint=checkpoints[name])
+        base = name.split("@", 1)[0] if "@" in name else "incontext-small"
+        return build_backend(base, device="cpu", checkpoint=checkpoints[name])
     return build_backend(name, device="cpu")
+
+
+def click_curve(backend, targets, group: str, n: int, clicks: int = CLICKS) -> list[float]:
+    """Mean Dice over a group's targets after 0..``clicks`` simulated corrective clicks.
+
+    Interleaved protocol with ``n`` supports; on every query slice a click goes to the innermost
+    pixel of the largest error region (:func:`fmseg.incontext.prior.corrective_click`), all
+    clicks so far and the previous probabilities are fed back.
+    """
+    from fmseg.incontext.prior import Clicks, corrective_click
+    from fmseg.incontext.segment import binary_supports, volume_queries
+
+    per_round: list[list[float]] = [[] for _ in range(clicks + 1)]
+    for t in (t for t in targets if t["group"] == group):
+        sup, qry = protocol_slices(t["labels"], t["axis"], n, "interleaved", t.get("step", 2))
+        support = make_support(t, sup, False)
+        _, idx, queries, pos = volume_queries(t["image"], t["axis"], t["window"], qry, None)
+        gt = np.take(t["labels"] > 0, idx, t["axis"])
+        gt = np.moveaxis(gt, t["axis"], 0)
+        state = backend.prepare(binary_supports(support, 1))
+        prob = backend.predict(state, queries, pos)
+        per_round[0].append(dice(prob > 0.5, gt))
+        given = [Clicks() for _ in idx]
+        for r in range(1, clicks + 1):
+            for i in range(len(idx)):
+                c = corrective_click(prob[i] > 0.5, gt[i])
+                if c is not None:
+                    (row, col), positive = c
+                    old = given[i]
+                    if positive:
+                        given[i] = Clicks(old.positive + ((row, col),), old.negative, old.box)
+                    else:
+                        given[i] = Clicks(old.positive, old.negative + ((row, col),), old.box)
+            prob = backend.predict(state, queries, pos, clicks=given, previous=prob)
+            per_round[r].append(dice(prob > 0.5, gt))
+    return [round(float(np.mean(v)), 4) for v in per_round]
 
 
 def speed(backend, target: dict, repeats: int = 3) -> dict:
@@ -185,7 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shuffled-size", type=int, default=8)
     p.add_argument("--sizes", default=",".join(map(str, SIZES)))
     p.add_argument("--protocols", default="interleaved,split")
-    p.add_argument("--speed", default="incontext-small,nearest,interpolation,intensity")
+    p.add_argument("--speed", default="auto,incontext-small,nearest,interpolation,intensity")
+    p.add_argument("--clicks", default="", help="backends whose click curves are measured")
+    p.add_argument("--click-size", type=int, default=4)
+    p.add_argument("--jobs", type=int, default=1, help="backends run in parallel processes")
     p.add_argument("--groups", default=",".join(GROUPS), help=f"of {GROUPS + CORPUS_GROUPS}")
     p.add_argument(
         "--checkpoint",
@@ -217,29 +299,25 @@ def main(argv: list[str] | None = None) -> dict:
         "speed": {},
         "skipped": {},
         "checkpoints": checkpoints,
+        "clicks": {},
+        "paths": {},
     }
-    for name in args.backends.split(","):
-        try:
-            backend = make_backend(name, checkpoints)
-        except (WeightsError, ValueError) as err:
-            result["skipped"][name] = str(err)
-            continue
-        for protocol in args.protocols.split(","):
-            t0 = time.perf_counter()
-            per = result["per_target"].setdefault(name, {}).setdefault(protocol, {})
-            rows = {
-                g: [group_dice(backend, targets, g, n, protocol, per=per) for n in sizes]
-                for g in groups
-            }
-            result["dice"].setdefault(name, {})[protocol] = rows
-            print(f"{name} {protocol}: {rows} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if name in args.shuffled.split(","):
-            n = args.shuffled_size
-            rows = {g: group_dice(backend, targets, g, n, "interleaved", True) for g in groups}
-            result["shuffled"][name] = {"size": n, "protocol": "interleaved", **rows}
-            print(f"{name} shuffled supports, n={n}: {rows}", flush=True)
-        if name in args.speed.split(",") and targets[0]["name"] == "liver":
-            result["speed"][name] = speed(backend, targets[0])
+    names = args.backends.split(",")
+    global _TARGETS
+    _TARGETS = targets
+    jobs = [(name, args, groups, sizes, checkpoints) for name in names]
+    if args.jobs > 1:  # one process per backend (fork: the targets are shared, not copied)
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            parts = pool.starmap(bench_backend, jobs, chunksize=1)
+    else:
+        parts = [bench_backend(*job) for job in jobs]
+    for part in parts:
+        for key, value in part.items():
+            result[key].update(value)
+    for name in args.speed.split(","):  # timed alone, after the accuracy runs
+        if name in names and name not in result["skipped"] and targets[0]["name"] == "liver":
+            result["speed"][name] = speed(make_backend(name, checkpoints), targets[0])
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
@@ -247,6 +325,47 @@ def main(argv: list[str] | None = None) -> dict:
     if args.plot:
         plot(result, args.plot)
     return result
+
+
+_TARGETS: list[dict] = []  # set by main(); read by the worker processes
+
+
+def bench_backend(name: str, args, groups, sizes, checkpoints) -> dict:
+    """One backend's rows of the result (``dice``, ``per_target``, ``paths``, ...)."""
+    targets = _TARGETS
+    out: dict = {k: {} for k in ("dice", "per_target", "shuffled", "skipped", "clicks", "paths")}
+    try:
+        backend = make_backend(name, checkpoints)
+    except (WeightsError, ValueError) as err:
+        out["skipped"][name] = str(err)
+        return out
+    for protocol in args.protocols.split(","):
+        t0 = time.perf_counter()
+        per = out["per_target"].setdefault(name, {}).setdefault(protocol, {})
+        counts = out["paths"].setdefault(name, {}).setdefault(protocol, {})
+        rows = {
+            g: [group_dice(backend, targets, g, n, protocol, per=per, counts=counts) for n in sizes]
+            for g in groups
+            if (protocol == "cross") == (g == "cross-subject")
+        }
+        rows = {g: v for g, v in rows.items() if None not in v}
+        out["dice"].setdefault(name, {})[protocol] = rows
+        print(f"{name} {protocol}: {rows} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if name in args.shuffled.split(","):
+        n = args.shuffled_size
+        rows = {g: group_dice(backend, targets, g, n, "interleaved", True) for g in groups}
+        rows = {g: v for g, v in rows.items() if v is not None}
+        out["shuffled"][name] = {"size": n, "protocol": "interleaved", **rows}
+        print(f"{name} shuffled supports, n={n}: {rows}", flush=True)
+    if name in args.clicks.split(","):
+        curves = {
+            g: click_curve(backend, targets, g, args.click_size)
+            for g in groups
+            if g != "cross-subject"
+        }
+        out["clicks"][name] = {"size": args.click_size, **curves}
+        print(f"{name} clicks: {out['clicks'][name]}", flush=True)
+    return out
 
 
 def plot(result: dict, path: Path) -> None:

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from fmseg import metrics as M
 from fmseg import uncertainty as U
 from fmseg.incontext import build_backend, build_sampler, normalise, volume_window
-from fmseg.incontext.segment import _supports
+from fmseg.incontext.segment import binary_supports
 from fmseg.incontext.stochastic import TycheBackend
 from fmseg.weights import WeightsError
 
@@ -59,7 +59,7 @@ def evaluate(sampler, det, targets: list[dict], n_queries: int) -> dict:
     rows, ent_all, err_all = [], [], []
     for t in targets:
         sup, qry = queries_for(t, n_queries)
-        supports = _supports(make_support(t, sup, False), None)
+        supports = binary_supports(make_support(t, sup, False), None)
         win = t["window"] if t["window"] is not None else volume_window(t["image"])
         q = normalise(np.moveaxis(t["image"], t["axis"], 0)[qry], win)
         gt = np.moveaxis(t["labels"], t["axis"], 0)[qry] > 0
@@ -105,7 +105,7 @@ def summarise(rows: list[dict], ent: np.ndarray, err: np.ndarray) -> dict:
 def timing(sampler, det, target: dict, repeats: int) -> dict:
     """Seconds for K samples vs one deterministic prediction of one 256x256 slice."""
     sup, qry = queries_for(target, 1)
-    supports = _supports(make_support(target, sup, False), None)
+    supports = binary_supports(make_support(target, sup, False), None)
     q = normalise(np.moveaxis(target["image"], target["axis"], 0)[qry[:1]], target["window"])
     q = F.interpolate(torch.from_numpy(q)[None], (256, 256), mode="bilinear")[0].numpy()
     st, dt = sampler.prepare(supports), det.prepare(supports)

@@ -23,7 +23,7 @@ from bench_uncertainty import queries_for  # noqa: E402
 from fmseg import metrics as M
 from fmseg import uncertainty as U  # noqa: E402
 from fmseg.incontext import build_sampler, normalise, volume_window  # noqa: E402
-from fmseg.incontext.segment import _supports  # noqa: E402
+from fmseg.incontext.segment import binary_supports  # noqa: E402
 
 
 def sample_target(sampler, t: dict) -> list[tuple]:
@@ -32,7 +32,7 @@ def sample_target(sampler, t: dict) -> list[tuple]:
     win = t["window"] if t["window"] is not None else volume_window(t["image"])
     q = normalise(np.moveaxis(t["image"], t["axis"], 0)[qry], win)
     gt = np.moveaxis(t["labels"], t["axis"], 0)[qry] > 0
-    s = sampler.sample(sampler.prepare(_supports(make_support(t, sup, False), None)), q)
+    s = sampler.sample(sampler.prepare(binary_supports(make_support(t, sup, False), None)), q)
     return [
         (q[j], gt[j], s[:, j], f"{t['name']} slice {qry[j]}", M.best_candidate_dice(s[:, j], gt[j]))
         for j in range(len(qry))

@@ -1,4 +1,4 @@
-"""Helpers of the Adapt widget: its live training plot, and layers as training data.
+"""Helpers of the Adapt widget: its live training plot, layers as training data, apply plans.
 
 :class:`TrainingPlot` is a plain ``QWidget`` that paints loss and validation Dice as two
 polylines with ``QPainter``: no plotting library, and adding a point costs an append plus
@@ -6,13 +6,14 @@ polylines with ``QPainter``: no plotting library, and adding a point costs an ap
 frame however fast the trainer yields). :class:`Pair` and :func:`boxes_from_shapes` turn
 napari layers into the core's training records and box prompts (no viewer, no Qt); which
 slices count as labelled is the core's rule (:func:`fmseg.adapters.facade.labelled_slices`).
+:func:`apply_plan` turns an applied adapter's probabilities into an undoable layer write.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
@@ -21,10 +22,11 @@ from qtpy.QtGui import QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from fmseg.adapters.data import Annotation
-from fmseg.adapters.facade import labelled_slices
+from fmseg.adapters.facade import THRESHOLD, labelled_slices
 from fmseg.interactive.prompts import Box
 
 from . import _layers as L
+from ._output import Write, plan_on_slices
 
 if TYPE_CHECKING:
     from fmseg.adapters.bases import AdaptedModel
@@ -225,3 +227,30 @@ def describe_adapter(model: AdaptedModel, metrics: dict) -> str:
         f"{metrics.get('steps_run', '?')} steps, {params:,} trainable parameters, best "
         f"validation Dice {'n/a' if dice is None else f'{dice:.3f}'}"
     )
+
+
+def apply_plan(
+    target: Any, axis: int, done: np.ndarray, value: int, ndim: int, prob: np.ndarray
+) -> tuple[Write, int, int]:
+    """The write of the thresholded probability on the slices run (``done``), in the worker.
+
+    Args:
+        target: The output layer's data (None: no layer yet).
+        axis: The slicing axis of ``prob`` (3D; a 2D image is one slice along axis 0).
+        done: Boolean per slice along ``axis``: the slices run.
+        value: The label value written.
+        ndim: The image's number of dimensions (2 or 3).
+        prob: ``(D0, D1, D2)`` foreground probability.
+
+    Returns:
+        The planned write, the number of voxels of ``value`` after it, the size of ``prob``.
+    """
+    run = np.flatnonzero(done)
+    region = [slice(0, n) for n in prob.shape]  # explicit starts: the undo box needs them
+    region[axis] = slice(int(run[0]), int(run[-1]) + 1)
+    on = done[region[axis]].reshape([-1 if a == axis else 1 for a in range(3)])
+    mask = prob[tuple(region)] > THRESHOLD
+    if ndim == 2:  # the image is the one slice along axis 0
+        region, on, mask = region[1:], on[0], mask[0]
+    write = plan_on_slices(target, tuple(region), on, mask, value)
+    return write, int(np.count_nonzero(write.result)), prob.size

@@ -14,7 +14,6 @@ the annotations.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,20 +27,21 @@ from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.methods import METHODS
 from fmseg.adapters.trainer import TrainSettings, TrainStep
 from fmseg.progress import Progress, Work
-from fmseg.registry import REGISTRY, model_loader
+from fmseg.registry import REGISTRY, ModelLoader, load_model
 
 from . import _layers as L
-from ._adapter_plot import Pair, TrainingPlot, boxes_from_shapes, describe_adapter
+from ._adapter_plot import Pair, TrainingPlot, apply_plan, boxes_from_shapes, describe_adapter
 from ._controls import (
     StatusLine,
     annotations_box,
     button_row,
     layer_box,
+    offer_choices,
     on_layers_changed,
     qt_panel,
 )
 from ._dialogs import ask_then
-from ._output import OutputLayer, Write, plan_on_slices
+from ._output import OutputLayer, Write
 from ._worker import JobRunner, call_work, then
 
 if TYPE_CHECKING:
@@ -65,13 +65,14 @@ class AdapterWidget(mw.Container):
 
     Args:
         viewer: The napari viewer (npe2 passes it).
-        tiny: Use tiny random-weight base models (tests and demos without weights).
+        load: How base networks are built (None: :func:`fmseg.registry.load_model`, the real
+            weights; :func:`fmseg.registry.load_tiny` in tests and demos without weights).
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer, *, tiny: bool = False) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, *, load: ModelLoader | None = None) -> None:
         super().__init__()
         self._viewer = viewer
-        self._load = model_loader(tiny)
+        self.load = load or load_model  # public: the dock and tests read it
         self.pairs: list[Pair] = []  # public: tests read them
         self.adapter: AdaptedModel | None = None
         self.metrics: dict = {}
@@ -147,8 +148,8 @@ class AdapterWidget(mw.Container):
         parts needs the box head, which the prompt-free head would never use.
         """
         base, method = str(self._base.value), str(self._method.value)
-        _offer(self._where, facade.allowed_wheres(base, method))
-        _offer(self._head, facade.allowed_heads(base, method, str(self._where.value)))
+        offer_choices(self._where, facade.allowed_wheres(base, method))
+        offer_choices(self._head, facade.allowed_heads(base, method, str(self._where.value)))
 
     @property
     def busy(self) -> bool:
@@ -228,16 +229,23 @@ class AdapterWidget(mw.Container):
         )  # fmt: skip
 
     def start(self) -> None:
-        """Train an adapter on the training list (or the chosen pair) in a worker."""
+        """Train an adapter on the training list (or the chosen pair) in a worker.
+
+        The intensity window is the first training image's contrast limits (what the clinician
+        sees, the rule of every fmseg tool: :func:`._layers.contrast_window`); the adapter
+        file keeps it, and applying uses it.
+        """
         if not self.jobs.idle() or (pairs := self._training_pairs()) is None:
             return
         base, config, settings = str(self._base.value), self.config(), self.settings()
-        load = self._load
+        load, window = self.load, L.contrast_window(pairs[0].image)
 
         def work() -> Work[AdaptResult]:  # in the worker: copying the labels takes a while
             annotations = [p.annotation() for p in pairs]
             return (
-                yield from api.train_adapter_iter(annotations, base, config, settings, load=load)
+                yield from api.train_adapter_iter(
+                    annotations, base, config, settings, window=window, load=load
+                )
             )
 
         self.plot.reset(settings.steps)
@@ -289,7 +297,7 @@ class AdapterWidget(mw.Container):
             return
         base = str(self._base.value)
         work = call_work(
-            lambda: api.load_adapter(path, base=base, load=self._load), f"loading {path}"
+            lambda: api.load_adapter(path, base=base, load=self.load), f"loading {path}"
         )
         self.jobs.run(work, "loading the adapter", lambda model: self._on_loaded(model, path))
 
@@ -336,7 +344,7 @@ class AdapterWidget(mw.Container):
         scale = tuple(float(s) for s in image.scale)
         spacing = ((1.0,) * (3 - len(scale)) + scale)[-3:]
         plan = functools.partial(
-            _apply_plan, self.output.target(), axis, done, int(self._label.value), image.ndim
+            apply_plan, self.output.target(), axis, done, int(self._label.value), image.ndim
         )
         applying = facade.apply_iter(self.adapter, volume, axis, slices, boxes, spacing)
         work = then(applying, plan, f"writing into '{OUTPUT_LAYER}'")
@@ -382,45 +390,3 @@ class AdapterWidget(mw.Container):
             f"{name}: {voxels} voxels of label {value}; {n} voxels of "
             f"'{OUTPUT_LAYER}' changed" + (" (Undo reverts)." if n else ".")
         )
-
-
-def _apply_plan(
-    target: Any, axis: int, done: np.ndarray, value: int, ndim: int, prob: np.ndarray
-) -> tuple[Write, int, int]:
-    """The write of the thresholded probability on the slices run (``done``), in the worker.
-
-    Args:
-        target: The output layer's data (None: no layer yet).
-        axis: The slicing axis of ``prob`` (3D; a 2D image is one slice along axis 0).
-        done: Boolean per slice along ``axis``: the slices run.
-        value: The label value written.
-        ndim: The image's number of dimensions (2 or 3).
-        prob: ``(D0, D1, D2)`` foreground probability.
-
-    Returns:
-        The planned write, the number of voxels of ``value`` after it, the size of ``prob``.
-    """
-    run = np.flatnonzero(done)
-    region = [slice(0, n) for n in prob.shape]  # explicit starts: the undo box needs them
-    region[axis] = slice(int(run[0]), int(run[-1]) + 1)
-    on = done[region[axis]].reshape([-1 if a == axis else 1 for a in range(3)])
-    mask = prob[tuple(region)] > facade.THRESHOLD
-    if ndim == 2:  # the image is the one slice along axis 0
-        region, on, mask = region[1:], on[0], mask[0]
-    write = plan_on_slices(target, tuple(region), on, mask, value)
-    return write, int(np.count_nonzero(write.result)), prob.size
-
-
-def _offer(combo: mw.ComboBox, allowed: Sequence[str]) -> None:
-    """Let ``combo`` choose among ``allowed`` only (in that order), disabled without a choice.
-
-    Keeps the current value when allowed, else takes the first (the core's default). Signals
-    stay blocked: the caller fits the dependent choices itself, in order.
-    """
-    value = combo.value if combo.value in allowed else allowed[0]
-    with combo.changed.blocked():
-        if tuple(combo.choices) != tuple(allowed):
-            combo.native.clear()  # magicgui appends new choices: rebuild to keep the order
-            combo.choices = tuple(allowed)
-        combo.value = value
-    combo.enabled = len(allowed) > 1

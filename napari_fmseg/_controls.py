@@ -112,3 +112,18 @@ def annotations_box(
     on_layers_changed(viewer, box, prefer)
     prefer()
     return box
+
+
+def offer_choices(combo: mw.ComboBox, allowed: Sequence[str]) -> None:
+    """Let ``combo`` choose among ``allowed`` only (in that order), disabled without a choice.
+
+    Keeps the current value when allowed, else takes the first (the core's default). Signals
+    stay blocked: the caller fits the dependent choices itself, in order.
+    """
+    value = combo.value if combo.value in allowed else allowed[0]
+    with combo.changed.blocked():
+        if tuple(combo.choices) != tuple(allowed):
+            combo.native.clear()  # magicgui appends new choices: rebuild to keep the order
+            combo.choices = tuple(allowed)
+        combo.value = value
+    combo.enabled = len(allowed) > 1

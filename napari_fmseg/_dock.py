@@ -23,6 +23,8 @@ from ._widget import SegmentWidget
 if TYPE_CHECKING:
     import napari
 
+    from fmseg.registry import ModelLoader
+
 TIPS = {
     "Segment": "prompt a foundation model with boxes and clicks, propagate, commit",
     "In-context": "segment a volume from a support set of a few annotated slices",
@@ -53,7 +55,8 @@ class FmsegDock(QTabWidget):
 
     Args:
         viewer: The napari viewer (npe2 passes it).
-        tiny: Use tiny random-weight models in every tool (tests and demos without weights).
+        load: How every tool builds its networks (None: :func:`fmseg.registry.load_model`,
+            the real weights; :func:`fmseg.registry.load_tiny` in tests and demos).
         session_factory: The Segment tool's session factory (see :class:`SegmentWidget`).
         backend_factory: The In-context tool's backend factory.
         sampler_factory: The Uncertainty tool's sampler factory.
@@ -63,21 +66,21 @@ class FmsegDock(QTabWidget):
         self,
         viewer: napari.viewer.Viewer,
         *,
-        tiny: bool = False,
+        load: ModelLoader | None = None,
         session_factory: Callable[..., Any] | None = None,
         backend_factory: Callable[..., Any] | None = None,
         sampler_factory: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
         self.panel = SupportPanel(viewer)
-        self.segment = SegmentWidget(viewer, tiny=tiny, session_factory=session_factory)
+        self.segment = SegmentWidget(viewer, load=load, session_factory=session_factory)
         self.incontext = InContextWidget(
-            viewer, tiny=tiny, backend_factory=backend_factory, panel=self.panel
+            viewer, load=load, backend_factory=backend_factory, panel=self.panel
         )
         self.uncertainty = UncertaintyWidget(
-            viewer, tiny=tiny, sampler_factory=sampler_factory, panel=self.panel
+            viewer, load=load, sampler_factory=sampler_factory, panel=self.panel
         )
-        self.adapt = AdapterWidget(viewer, tiny=tiny)
+        self.adapt = AdapterWidget(viewer, load=load)
         self.tools = {
             "Segment": self.segment,
             "In-context": self.incontext,

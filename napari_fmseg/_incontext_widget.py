@@ -4,7 +4,9 @@ The support set, the image and the annotations come from the :class:`~._support.
 (shared with the Uncertainty tool in the fmseg dock). Each run builds (or reuses) one of
 :data:`fmseg.incontext.BACKENDS` and segments the current slice or the whole volume in a
 worker (:class:`~._worker.JobRunner`); the result goes into the "in-context" Labels layer
-(:class:`~._output.OutputLayer`, undoable), never into the annotations.
+(:class:`~._output.OutputLayer`, undoable), never into the annotations. With ``auto`` (the
+default) the status line says how many slices took the prior path and how many the plain
+in-context one; its results take corrective clicks (:class:`~._corrections.CorrectionsPanel`).
 """
 
 from __future__ import annotations
@@ -16,20 +18,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 
-from fmseg.incontext import BACKENDS, build_backend, segment_volume_iter
+from fmseg.incontext import BACKENDS, InContextResult, build_backend, segment_volume_iter
+from fmseg.incontext.factory import DEFAULT_BACKEND
 from fmseg.progress import Progress, Work
-from fmseg.registry import model_loader
+from fmseg.registry import ModelLoader, load_model
+from fmseg.report import describe_paths
 from fmseg.weights import WeightsError
 
 from . import _layers as L
 from ._controls import StatusLine, button_row
+from ._corrections import CorrectionsPanel
 from ._output import OutputLayer, Write, plan_write
 from ._support import Query, SupportPanel
 from ._worker import JobRunner
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image
 
     from fmseg.incontext import Backend
 
@@ -49,11 +53,11 @@ def _hint(exc: Exception) -> str:
 
 def _segment_work(
     get_backend: Callable[[], Backend], query: Query, target: Any, batch: int
-) -> Work[tuple[Backend, Write, list[int], tuple[int, ...]]]:
+) -> Work[tuple[Backend, Write, list[int], InContextResult]]:
     """Build (or reuse) the backend, segment, merge into ``target``: runs in the worker.
 
     Returns:
-        The backend, the planned write, the label values found, the result's shape.
+        The backend, the planned write, the label values found, the result.
     """
     yield Progress(0, 0, "loading the backend")
     backend = get_backend()
@@ -65,7 +69,7 @@ def _segment_work(
     labels = result.labels[query.region]
     write = plan_write(target, query.region, labels, sorted(result.probs))
     found = sorted(int(v) for v in np.unique(labels) if v)
-    return backend, write, found, result.labels.shape
+    return backend, write, found, result
 
 
 class InContextWidget(mw.Container):
@@ -73,9 +77,10 @@ class InContextWidget(mw.Container):
 
     Args:
         viewer: The napari viewer (npe2 passes it).
-        tiny: Use tiny random-weight networks (tests and demos without weights).
+        load: How networks are built (None: :func:`fmseg.registry.load_model`, the real
+            weights; :func:`fmseg.registry.load_tiny` in tests and demos without weights).
         backend_factory: Builds a backend, ``factory(name, ensemble=n)``; defaults to
-            :func:`fmseg.incontext.build_backend`.
+            :func:`fmseg.incontext.build_backend` with ``load``.
         panel: The support-set panel to use (the dock shares one); by default its own.
     """
 
@@ -85,13 +90,14 @@ class InContextWidget(mw.Container):
         self,
         viewer: napari.viewer.Viewer,
         *,
-        tiny: bool = False,
+        load: ModelLoader | None = None,
         backend_factory: Callable[..., Backend] | None = None,
         panel: SupportPanel | None = None,
     ) -> None:
         super().__init__(labels=False)  # the panel spans the width, the controls have labels
         self._viewer = viewer
-        self._factory = backend_factory or functools.partial(build_backend, load=model_loader(tiny))
+        self.load = load or load_model  # public: the dock and tests read it
+        self._factory = backend_factory or functools.partial(build_backend, load=self.load)
         self.status = StatusLine("Annotate a slice, then add it to the support set.")
         self.jobs = JobRunner(self.status, hint=_hint)
         self.output = OutputLayer(viewer, OUTPUT_LAYER, self.status)
@@ -100,13 +106,20 @@ class InContextWidget(mw.Container):
         self._slot = mw.Container(labels=False)
         self._slot.native.layout().setContentsMargins(0, 0, 0, 0)
         self._backend_name = mw.ComboBox(
-            label="backend", choices=list(BACKENDS), value="incontext-small"
+            label="backend", choices=list(BACKENDS), value=DEFAULT_BACKEND
         )
         self._backend_name.tooltip = "\n".join(f"{k}: {v}" for k, v in BACKENDS.items())
         self._ensemble = mw.SpinBox(label="ensemble", min=1, max=16, value=1)
         self._ensemble.tooltip = "random support subsets averaged (network backends)"
         rows = [button_row(self, row) for row in _ROWS]
-        controls = mw.Container(widgets=[self._backend_name, self._ensemble, *rows, self.jobs.bar])
+        self.corrections = CorrectionsPanel(
+            viewer, self.panel, self.output, self.jobs, self.status, self.batch
+        )
+        self._backend_name.changed.connect(self.corrections.set_backend)
+        self.corrections.set_backend(self._backend_name.value)
+        controls = mw.Container(
+            widgets=[self._backend_name, self._ensemble, *rows, self.jobs.bar, self.corrections]
+        )
         controls.margins = (0, 0, 0, 0)
         self.extend([self._slot, controls, self.status])
         self.show_panel()
@@ -136,7 +149,7 @@ class InContextWidget(mw.Container):
         work = _segment_work(get, query, self.output.target(), self.batch)
         name = query.name("segment")
         self.status.say(f"{name}: {key[0]} ...")
-        self.jobs.run(work, name, functools.partial(self._on_result, query.image, key, name))
+        self.jobs.run(work, name, functools.partial(self._on_result, query, key, name))
 
     def _get_backend(self, key: tuple[str, int]) -> Backend:
         """The cached backend for ``key``, or a new one (called in the worker)."""
@@ -145,18 +158,22 @@ class InContextWidget(mw.Container):
             return cached[1]
         return self._factory(key[0], ensemble=key[1])
 
-    def _on_result(self, image: Image, key: tuple[str, int], name: str, out: tuple) -> None:
+    def _on_result(self, query: Query, key: tuple[str, int], name: str, out: tuple) -> None:
         """Copy the planned write into the output layer (GUI thread)."""
-        backend, write, found, shape = out
-        self._backend = (key, backend)
-        gone = image not in self._viewer.layers or image.data.shape != shape
+        backend, write, found, result = out
+        self._backend, image = (key, backend), query.image
+        gone = image not in self._viewer.layers or image.data.shape != result.labels.shape
         if problem := "the image changed while segmenting" if gone else self.output.problem(image):
             self.status.error(f"{problem}: result dropped")
             return
         n = self.output.apply(write, image)
+        self.corrections.remember(query, backend, result)
+        paths = describe_paths(key[0], result.path_counts())
         self.status.say(
             f"{name}: labels {found} found with {key[0]}; {n} voxels of "
-            f"'{OUTPUT_LAYER}' changed" + (" (Undo reverts)." if n else ".")
+            f"'{OUTPUT_LAYER}' changed"
+            + (" (Undo reverts)." if n else ".")
+            + (f" {paths}." if paths else "")
         )
 
     def cancel(self) -> None:

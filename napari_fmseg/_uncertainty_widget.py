@@ -23,7 +23,7 @@ from napari.layers import Image
 
 from fmseg.incontext import SAMPLERS, build_sampler, sample_volume_iter
 from fmseg.progress import Progress, Work
-from fmseg.registry import model_loader
+from fmseg.registry import ModelLoader, load_model
 from fmseg.uncertainty import diversity, entropy, mean_probability
 from fmseg.weights import WeightsError
 
@@ -112,9 +112,10 @@ class UncertaintyWidget(mw.Container):
 
     Args:
         viewer: The napari viewer (npe2 passes it).
-        tiny: Use tiny random-weight networks (tests and demos without weights).
+        load: How networks are built (None: :func:`fmseg.registry.load_model`, the real
+            weights; :func:`fmseg.registry.load_tiny` in tests and demos without weights).
         sampler_factory: Builds a sampler, ``factory(name, k=k)``; defaults to
-            :func:`fmseg.incontext.build_sampler`.
+            :func:`fmseg.incontext.build_sampler` with ``load``.
         panel: The support-set panel to use (the dock shares one); by default its own.
     """
 
@@ -124,15 +125,14 @@ class UncertaintyWidget(mw.Container):
         self,
         viewer: napari.viewer.Viewer,
         *,
-        tiny: bool = False,
+        load: ModelLoader | None = None,
         sampler_factory: Callable[..., Sampler] | None = None,
         panel: SupportPanel | None = None,
     ) -> None:
         super().__init__(labels=False)  # the panel spans the width, the controls have labels
         self._viewer = viewer
-        self._sampler_factory = sampler_factory or functools.partial(
-            build_sampler, load=model_loader(tiny)
-        )
+        self.load = load or load_model  # public: the dock and tests read it
+        self._sampler_factory = sampler_factory or functools.partial(build_sampler, load=self.load)
         self._sampler: tuple[tuple[str, int], Sampler] | None = None  # the last one built
         self.status = StatusLine("Annotate slices, add them to the support set, then sample.")
         self.jobs = JobRunner(self.status)

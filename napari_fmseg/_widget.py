@@ -23,7 +23,7 @@ from napari.layers import Image
 from fmseg.interactive.prompts import Prompts
 from fmseg.interactive.session import Session
 from fmseg.progress import Progress, Work
-from fmseg.registry import REGISTRY, model_loader
+from fmseg.registry import REGISTRY, ModelLoader, load_model
 
 from . import _layers as L
 from ._controls import StatusLine, button_row, layer_box, on_layers_changed
@@ -78,9 +78,11 @@ class SegmentWidget(mw.Container):
 
     Args:
         viewer: The napari viewer (npe2 passes it).
-        tiny: Use tiny random-weight models (tests and demos without weights).
+        load: How networks are built (None: :func:`fmseg.registry.load_model`, the real
+            weights; :func:`fmseg.registry.load_tiny` in tests and demos without weights).
         session_factory: Builds the session, ``factory(volume, spacing=..., model=...,
-            point_model=..., window=...)``; defaults to :meth:`fmseg.Session.from_registry`.
+            point_model=..., window=...)``; defaults to :meth:`fmseg.Session.from_registry`
+            with ``load``.
             The window is the image layer's contrast limits (:func:`._layers.contrast_window`).
     """
 
@@ -88,14 +90,13 @@ class SegmentWidget(mw.Container):
         self,
         viewer: napari.viewer.Viewer,
         *,
-        tiny: bool = False,
+        load: ModelLoader | None = None,
         session_factory: Callable[..., Session] | None = None,
     ) -> None:
         super().__init__()
         self._viewer = viewer
-        self._factory = session_factory or functools.partial(
-            Session.from_registry, load=model_loader(tiny)
-        )
+        self.load = load or load_model  # public: the dock and tests read it
+        self._factory = session_factory or functools.partial(Session.from_registry, load=self.load)
         self.session: Session | None = None
         self.image_layer: Image | None = None
         self.layers: dict[str, Any] = {}

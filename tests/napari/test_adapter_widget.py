@@ -13,11 +13,13 @@ import pytest
 import torch
 from napari_helpers import cone
 
-from fmseg.adapters import facade
+from fmseg.adapters import api, facade
 from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.facade import labelled_slices
 from fmseg.adapters.methods import PEFT_METHODS
 from fmseg.adapters.predict import predict_slices_iter
+from fmseg.registry import load_tiny
+from fmseg.window import Window
 from napari_fmseg import _adapter_widget
 from napari_fmseg._adapter_widget import OUTPUT_LAYER, AdapterWidget
 
@@ -38,7 +40,7 @@ def _make(make_napari_viewer, steps: int = 6, **options):
     volume, labels = _cone()
     image = viewer.add_image(volume, name="image", scale=(2.0, 1.0, 1.0))
     annotations = viewer.add_labels(labels, name="annotations", scale=(2.0, 1.0, 1.0))
-    widget = AdapterWidget(viewer, tiny=True)
+    widget = AdapterWidget(viewer, load=load_tiny)
     viewer.window.add_dock_widget(widget)
     assert widget._image.value is image and widget._annotations.value is annotations
     widget._steps.value = steps
@@ -171,6 +173,25 @@ def test_train_plot_save_load_apply_undo(make_napari_viewer, qtbot, tmp_path, er
     widget.undo()
     assert not out.data.any()
     assert not viewer.layers["annotations"].data[0].any()  # the annotations are only read
+
+
+def test_training_window_is_the_images_contrast_limits(make_napari_viewer, qtbot, tmp_path) -> None:
+    # The window rule of every fmseg tool (layers.contrast_window): what the clinician sees.
+    viewer, widget = _make(make_napari_viewer, steps=2, method="linear-probe")
+    viewer.layers["image"].contrast_limits = (-0.3, 1.3)
+    assert widget.add_pair()
+    volume, labels = _cone()
+    other = viewer.add_image(volume, name="other", contrast_limits=(0.2, 0.6))
+    widget._image.value = other
+    widget._annotations.value = viewer.add_labels(labels, name="other labels")
+    assert widget.add_pair() and len(widget.pairs) == 2
+    _train(qtbot, widget)  # the first training image's limits, as for a single pair
+    shown = Window.fixed(-0.3, 1.3)
+    assert widget.adapter.window == shown
+    path = tmp_path / "windowed.pt"
+    assert widget.save_adapter(str(path))
+    assert api.read_adapter(path)["window"] == shown.to_dict()
+    assert api.load_adapter(path, load=load_tiny).window == shown  # applying uses it
 
 
 def test_cancel_keeps_adapter_and_file(make_napari_viewer, qtbot, tmp_path) -> None:

@@ -17,6 +17,7 @@ from qtpy.QtCore import QTimer
 
 from fmseg.incontext import build_sampler
 from fmseg.progress import Progress
+from fmseg.registry import load_model, load_tiny
 from napari_fmseg import _controls, _worker
 from napari_fmseg import _layers as L
 from napari_fmseg._dock import FmsegDock
@@ -57,6 +58,7 @@ def test_the_dock_fits_a_1000_px_screen(make_napari_viewer, qtbot) -> None:
     assert isinstance(dock, FmsegDock)
     assert [dock.tabText(i) for i in range(dock.count())] == list(dock.tools)
     assert list(dock.tools) == ["Segment", "In-context", "Uncertainty", "Adapt"]
+    assert all(tool.load is load_model for tool in dock.tools.values())  # real weights
     qtbot.wait(50)
     for widget in (dock, dock_widget):
         assert widget.sizeHint().height() <= 900, widget
@@ -122,7 +124,7 @@ def test_cancel_is_reported_when_the_worker_stops(make_napari_viewer, qtbot) -> 
     viewer = _viewer_with_cone(make_napari_viewer)
     slow, slower = SlowBackend(delay=0.2), SlowBackend(delay=0.2)
     dock = FmsegDock(
-        viewer, tiny=True, backend_factory=lambda *a, **k: slow,
+        viewer, load=load_tiny, backend_factory=lambda *a, **k: slow,
         sampler_factory=lambda *a, **k: slower,
     )  # fmt: skip
     viewer.window.add_dock_widget(dock)
@@ -228,7 +230,8 @@ def test_gui_thread_never_blocks_while_jobs_run(make_napari_viewer, qtbot) -> No
     import torch._dynamo  # noqa: F401  # its first import (by the optimiser) holds the GIL
 
     viewer = _viewer_with_cone(make_napari_viewer, shape=(64, 64, 64))
-    dock = FmsegDock(viewer, tiny=True, sampler_factory=build_sampler)
+    dock = FmsegDock(viewer, load=load_tiny, sampler_factory=build_sampler)
+    assert all(tool.load is load_tiny for tool in dock.tools.values())  # passed to every tool
     viewer.window.add_dock_widget(dock)
     image = viewer.layers["volume"]
     for name in (L.ADAPTER_LAYER, L.UNCERTAINTY_LAYER):

@@ -12,6 +12,7 @@ import pytest
 from napari_helpers import SlowBackend, cone
 
 from fmseg.incontext import build_backend
+from fmseg.registry import load_tiny
 from fmseg.weights import WeightsError
 from napari_fmseg._incontext_widget import OUTPUT_LAYER, InContextWidget
 from napari_fmseg._support import thumbnail
@@ -54,7 +55,7 @@ def test_widget_loads_through_the_manifest(make_napari_viewer) -> None:
     _, dock = viewer.window.add_plugin_dock_widget("fmseg", "fmseg")
     widget = dock.show_tool("In-context")
     assert isinstance(widget, InContextWidget) and widget.panel is dock.panel
-    assert widget._backend_name.value == "incontext-small"
+    assert widget._backend_name.value == "auto"
     assert widget._ensemble.min == 1 and widget._ensemble.max == 16
 
 
@@ -162,7 +163,7 @@ def test_segment_slice_changes_only_that_slice_and_undo(make_napari_viewer, qtbo
 
 
 def test_tiny_network_backend_end_to_end(make_napari_viewer, qtbot) -> None:
-    viewer, widget = _make(make_napari_viewer, None, backend="incontext-small", tiny=True)
+    viewer, widget = _make(make_napari_viewer, None, backend="incontext-small", load=load_tiny)
     widget._ensemble.value = 2
     _add(viewer, widget, 4, 10)
     viewer.dims.set_current_step(0, 7)

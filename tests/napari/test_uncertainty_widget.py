@@ -14,6 +14,7 @@ import pytest
 from napari_helpers import SlowBackend, cone
 
 from fmseg.incontext import build_sampler
+from fmseg.registry import load_tiny
 from fmseg.weights import WeightsError
 from napari_fmseg._uncertainty_widget import (
     ENTROPY,
@@ -245,7 +246,7 @@ def test_weights_error_is_shown(make_napari_viewer, qtbot, errors) -> None:
 
 
 def test_tiny_tyche_network_end_to_end(make_napari_viewer, qtbot) -> None:
-    viewer, widget = _make(make_napari_viewer, None, sampler="tyche-small", k=2, tiny=True)
+    viewer, widget = _make(make_napari_viewer, None, sampler="tyche-small", k=2, load=load_tiny)
     _add(viewer, widget, 4, 10)
     _goto(viewer, 7)
     _run(qtbot, widget, widget.sample_slice)

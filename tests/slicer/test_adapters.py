@@ -13,8 +13,11 @@ vtk = pytest.importorskip("vtk", reason="needs slicer-core (bash .ci/install-sli
 from slicer_helpers import add_volume, ball, roi_around, rotation  # noqa: E402
 
 from fmseg import Cancelled, Progress, coords, drain  # noqa: E402
+from fmseg.adapters import api  # noqa: E402
 from fmseg.adapters.facade import labelled_slices  # noqa: E402
 from fmseg.adapters.trainer import TrainStep  # noqa: E402
+from fmseg.registry import load_tiny  # noqa: E402
+from fmseg.window import DEFAULT_WINDOW, Window  # noqa: E402
 
 pytestmark = pytest.mark.slicer
 
@@ -31,7 +34,7 @@ FAST = {"steps": 40, "lr": 0.1, "batch_size": 2, "patch": 32, "augment": False}
 def segmented(scene, phantom):
     """The phantom volume, its truth, a logic and a segmentation holding segment "ball"."""
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     logic.write_segment(seg, "ball", truth, volume)
     return volume, truth, logic, seg
@@ -130,6 +133,27 @@ def test_litemedsam_auto_head_trains_on_two_volumes_and_applies_slice_by_slice(
     out = scene_segmentation(logic, other)
     logic.write_segment(out, "ball (adapter)", mask, other)
     np.testing.assert_array_equal(logic.read_segment(out, "ball (adapter)", other), mask)
+
+
+def test_training_uses_the_volumes_display_window_and_the_file_keeps_it(segmented, tmp_path):
+    # The window rule of every FMSeg action: what the user sees (the display window/level).
+    volume, _, logic, seg = segmented
+    plain = logic.read_annotation(volume, seg, "ball")  # no display node yet: the default
+    assert plain.window is None and adapters.training_window([plain]) is None
+    volume.CreateDefaultDisplayNodes()
+    display = volume.GetDisplayNode()
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevel(200.0, 40.0)  # what the user sees: -60..140
+    shown = Window.fixed(-60.0, 140.0)
+    assert logic.add_training(volume, seg, "ball") == 1
+    assert logic.training[0].window == shown == logic.read_volume(volume).window
+    path = tmp_path / "windowed.pt"
+    _train(logic, logic.training, path, "litemedsam", "linear-probe", steps=2)
+    assert api.read_adapter(path)["window"] == shown.to_dict()
+    assert api.load_adapter(path, load=load_tiny).window == shown  # applying uses it
+    default = tmp_path / "default-window.pt"
+    _train(logic, [plain], default, "litemedsam", "linear-probe", steps=2)
+    assert api.load_adapter(default, load=load_tiny).window == DEFAULT_WINDOW
 
 
 def test_box_head_adapter_is_applied_through_a_session_with_an_roi(segmented, tmp_path):

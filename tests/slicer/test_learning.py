@@ -10,6 +10,7 @@ import pytest
 from slicer_helpers import add_volume, ball
 
 from fmseg import drain, uncertainty
+from fmseg.registry import load_tiny
 
 pytestmark = pytest.mark.slicer
 
@@ -35,7 +36,7 @@ def test_support_slices_spread_over_the_segment():
 
 def test_support_from_a_segment_holds_its_slices_and_name(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     seg = _segmented(scene, logic, volume, truth)
     n = logic.add_support(volume, seg, "ball", view="axial", max_slices=3)
     assert n == 3 and len(logic.support) == 3
@@ -54,7 +55,7 @@ def test_incontext_interpolation_fills_the_gaps_between_supports(scene, phantom)
     # The interpolation baseline is deterministic: a voxel-level check of the whole path
     # (segment -> support -> core -> segment) on the oblique grid.
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     seg = _segmented(scene, logic, volume, truth)
     logic.add_support(volume, seg, "ball", max_slices=4)
     out = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "result")
@@ -70,7 +71,7 @@ def test_incontext_interpolation_fills_the_gaps_between_supports(scene, phantom)
 
 def test_incontext_network_on_a_second_volume(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     logic.add_support(volume, _segmented(scene, logic, volume, truth), "ball", max_slices=2)
     query = add_volume(scene, ball(centre=(5, 22, 20)) * 200.0, name="query")
     result = drain(logic.incontext_iter(logic.read_volume(query), 0, "incontext-small"))
@@ -82,7 +83,7 @@ def test_incontext_network_on_a_second_volume(scene, phantom):
 
 def test_uncertainty_samples_become_a_sequence_and_entropy_volume(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     logic.add_support(volume, _segmented(scene, logic, volume, truth), "ball", max_slices=3)
     samples = drain(logic.sample_iter(logic.read_volume(volume), 0, "tyche-small", k=3))
     assert samples.shape == (3, *truth.shape)
@@ -104,7 +105,7 @@ def test_uncertainty_samples_become_a_sequence_and_entropy_volume(scene, phantom
 
 def test_uncertainty_by_test_time_augmentation_is_uncertain_only_near_the_edge(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     logic.add_support(volume, _segmented(scene, logic, volume, truth), "ball", max_slices=6)
     samples = drain(
         logic.sample_iter(logic.read_volume(volume), 0, "intensity+tta", k=4, segment="ball")

@@ -7,6 +7,7 @@ import pytest
 from slicer_helpers import roi_around as _roi_around
 
 from fmseg import Progress, Window, drain
+from fmseg.registry import load_tiny
 from fmseg.window import intensity_window
 
 pytestmark = pytest.mark.slicer
@@ -19,7 +20,7 @@ FMSegLogic = logic_module.FMSegLogic
 
 def test_segment_slice_writes_the_mask_into_that_slice_only(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     roi = _roi_around(scene, volume, truth, 6)
     prompts = logic.read_prompts(volume, "axial", roi=roi)
@@ -42,7 +43,7 @@ def test_segment_slice_writes_the_mask_into_that_slice_only(scene, phantom):
 
 def test_slice_writes_keep_other_slices_and_undo_restores_each_state(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
     logic.write_segment(seg, "object", truth, volume)
     first = logic.read_segment(seg, "object", volume)
@@ -59,7 +60,7 @@ def test_slice_writes_keep_other_slices_and_undo_restores_each_state(scene, phan
 
 def test_sessions_are_reused_until_the_volume_changes(scene, phantom):
     volume, _ = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     first = drain(logic.session_iter(logic.read_volume(volume)))
     assert drain(logic.session_iter(logic.read_volume(volume))) is first
     assert first.spacing == pytest.approx((2.5, 0.6, 0.8))  # (K, J, I) spacing for the model
@@ -72,7 +73,7 @@ def test_sessions_are_reused_until_the_volume_changes(scene, phantom):
 
 def test_the_session_runs_with_the_volumes_window_level(scene, phantom):
     volume, _ = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     shown = logic.read_volume(volume)  # no display node yet: the default policy
     assert shown.window is None
     assert drain(logic.session_iter(shown)).window == intensity_window(shown.array, None)
@@ -87,7 +88,7 @@ def test_the_session_runs_with_the_volumes_window_level(scene, phantom):
 
 def test_propagate_returns_a_volume_mask_with_the_seed_slice(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     prompts = logic.read_prompts(volume, "axial", roi=_roi_around(scene, volume, truth, 6))
     vol = logic.read_volume(volume)
     try:
@@ -102,7 +103,7 @@ def test_propagate_returns_a_volume_mask_with_the_seed_slice(scene, phantom):
 
 def test_background_task_reports_progress_and_returns_the_result(scene, phantom):
     volume, truth = phantom
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     prompts = logic.read_prompts(volume, "axial", roi=_roi_around(scene, volume, truth, 6))
     task = BackgroundTask(logic.segment_slice_iter(logic.read_volume(volume), prompts)).start()
     assert task.wait(120)

@@ -15,6 +15,7 @@ from scipy import ndimage as ndi
 from ..interactive.refine import largest_component
 from ..metrics import dice
 from .backends import Backend, Position, Supports, resize
+from .prior import interpolate, signed_distance
 
 
 class IntensityBackend(Backend):
@@ -103,15 +104,6 @@ class NearestBackend(Backend):
         return np.stack(out).astype(np.float32)
 
 
-def signed_distance(mask: np.ndarray) -> np.ndarray:
-    """Positive inside, negative outside, in pixels (empty masks: -1e3 everywhere)."""
-    if not mask.any():
-        return np.full(mask.shape, -1e3, dtype=np.float32)
-    inside = ndi.distance_transform_edt(mask)
-    outside = ndi.distance_transform_edt(~mask)
-    return (inside - outside).astype(np.float32)
-
-
 class InterpolationBackend(Backend):
     """Signed-distance interpolation between the two support slices around each query.
 
@@ -128,7 +120,7 @@ class InterpolationBackend(Backend):
         groups: dict[tuple[str, int], list] = {}
         for p, m in zip(supports.positions, supports.masks, strict=True):
             groups.setdefault((p[0], p[1]), []).append((p[2], signed_distance(m)))
-        return {k: sorted(v, key=lambda t: t[0]) for k, v in groups.items()}
+        return groups
 
     def predict(self, state, queries: np.ndarray, positions=None) -> np.ndarray:
         """Interpolated masks; raises when a query's volume/axis has no support."""
@@ -139,13 +131,6 @@ class InterpolationBackend(Backend):
             sdfs = state.get((pos[0], pos[1]))
             if not sdfs:
                 raise ValueError(f"no support slice from {pos[0]!r} along axis {pos[1]}")
-            idx = np.array([s[0] for s in sdfs])
-            j = int(np.searchsorted(idx, pos[2]))
-            if j == 0 or j == len(idx):
-                sdf = sdfs[min(j, len(idx) - 1)][1]
-            else:
-                (i0, s0), (i1, s1) = sdfs[j - 1], sdfs[j]
-                w = (pos[2] - i0) / (i1 - i0)
-                sdf = (1 - w) * s0 + w * s1
+            sdf = interpolate(pos[2], sdfs).sdf
             out.append(_resize_mask((sdf > 0).astype(np.float32), q.shape))
         return np.stack(out).astype(np.float32)

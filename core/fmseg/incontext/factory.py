@@ -6,21 +6,28 @@ from pathlib import Path
 
 from ..interactive.predictor import SamPredictor
 from ..registry import ModelLoader, get_spec, load_model
+from .auto import AutoBackend
 from .backends import Backend, UniverSegBackend
 from .baselines import IntensityBackend, InterpolationBackend, NearestBackend
+from .prior_backend import FittedInterpolationBackend, PriorBackend
 from .prototype import PrototypeBackend
 from .stochastic import AugmentedSampler, TycheBackend
 
 TRAINED_SUPPORT = 8  # largest support set in incontext-small's training episodes
 
 BACKENDS = {
+    "auto": "per query: the prior network where annotated slices of the same volume bracket or "
+    "neighbour it, plain in-context elsewhere (the default)",
+    "incontext-prior": "fmseg's network seeing supports, the interpolated prior and clicks",
     "incontext-small": "fmseg's own UniverSeg-type network (shipped, trained on CPU)",
     "universeg-v1": "the reference UniverSeg v1 (needs its checkpoint or a download)",
     "prototype": "training-free: LiteMedSAM feature prototypes -> box + point prompts",
     "intensity": "baseline: intensity window fitted on the supports",
     "nearest": "baseline: copy the nearest support slice's mask",
     "interpolation": "baseline: signed-distance interpolation between support slices",
+    "interpolation-fitted": "baseline: interpolation with a rule fitted on training data",
 }
+DEFAULT_BACKEND = "auto"
 
 
 def build_backend(
@@ -49,12 +56,16 @@ def build_backend(
         if subset is None and name == "incontext-small":
             subset = TRAINED_SUPPORT  # never more supports per pass than it was trained with
         return UniverSegBackend(model, ensemble=ensemble, subset=subset)
+    if name in ("auto", "incontext-prior"):
+        prior = PriorBackend(load("incontext-prior", checkpoint=checkpoint, device=device))
+        return AutoBackend(prior) if name == "auto" else prior
     if name == "prototype":
         spec = get_spec(prompt_model)
         model = load(prompt_model, device=device)
         return PrototypeBackend(SamPredictor(model, spec.normalisation))
     simple = {"intensity": IntensityBackend, "nearest": NearestBackend}
     simple["interpolation"] = InterpolationBackend
+    simple["interpolation-fitted"] = FittedInterpolationBackend
     if name in simple:
         return simple[name]()
     raise KeyError(f"unknown in-context backend '{name}'; known: {', '.join(BACKENDS)}")

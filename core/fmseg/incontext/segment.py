@@ -100,10 +100,21 @@ class InContextResult:
     Attributes:
         probs: Label value -> ``(N, H, W)`` float32 probability.
         labels: ``(N, H, W)`` label map: per pixel the most probable label above 0.5.
+        paths: For backends that choose a path per query (``auto``): query -> ``"prior"``
+            or ``"in-context"`` (keys: query numbers, or slice indices for volumes); else
+            None. A query is on the prior path when any label used it.
     """
 
     probs: dict[int, np.ndarray]
     labels: np.ndarray
+    paths: dict[int, str] | None = None
+
+    def path_counts(self) -> dict[str, int]:
+        """How many queries took each path (empty when the backend has one path)."""
+        out: dict[str, int] = {}
+        for p in (self.paths or {}).values():
+            out[p] = out.get(p, 0) + 1
+        return out
 
 
 def combine(probs: dict[int, np.ndarray], threshold: float = 0.5) -> np.ndarray:
@@ -116,7 +127,8 @@ def combine(probs: dict[int, np.ndarray], threshold: float = 0.5) -> np.ndarray:
     return out
 
 
-def _supports(support: SupportSet, label: int | None) -> Supports:
+def binary_supports(support: SupportSet, label: int | None) -> Supports:
+    """The supports of one label value (None: any label) with their positions when known."""
     imgs, masks = support.binary(label)
     pos = tuple((e.source, e.axis, e.index) for e in support.examples)
     known = all(p[1] >= 0 for p in pos)
@@ -150,20 +162,25 @@ def segment_slices_iter(
     values = labels if labels is not None else support.label_values
     if not values:
         raise ValueError("the support set is empty: add at least one annotated slice")
-    prepared = {v: backend.prepare(_supports(support, v)) for v in values}
+    prepared = {v: backend.prepare(binary_supports(support, v)) for v in values}
     total = len(values) * len(queries)
     probs = {v: np.zeros(queries.shape, np.float32) for v in values}
+    paths: dict[int, str] | None = {} if hasattr(backend, "last_paths") else None
     done = 0
     yield Progress(0, total, f"{backend.name}: segmenting")
     for v in values:
         for i in range(0, len(queries), batch):
             pos = positions[i : i + batch] if positions is not None else None
             probs[v][i : i + batch] = backend.predict(prepared[v], queries[i : i + batch], pos)
+            if paths is not None:
+                for k, p in enumerate(backend.last_paths):
+                    if paths.get(i + k) != "prior":
+                        paths[i + k] = p
             done += len(queries[i : i + batch])
             yield Progress(
                 done, total, f"label {v}: slice {min(i + batch, len(queries))}/{len(queries)}"
             )
-    return InContextResult(probs, combine(probs))
+    return InContextResult(probs, combine(probs), paths)
 
 
 def segment_volume_iter(
@@ -202,4 +219,5 @@ def segment_volume_iter(
         full = np.zeros(moved.shape, np.float32)
         full[idx] = p
         probs[v] = np.moveaxis(full, 0, axis)
-    return InContextResult(probs, combine(probs))
+    paths = None if res.paths is None else {idx[k]: p for k, p in res.paths.items()}
+    return InContextResult(probs, combine(probs), paths)

@@ -16,7 +16,7 @@ import torch
 from ..progress import Progress, Work
 from ..window import WindowLike
 from .backends import Backend, Supports, resize, stack_resized
-from .segment import _supports, volume_queries
+from .segment import binary_supports, volume_queries
 from .support import SupportSet
 
 
@@ -156,7 +156,7 @@ def sample_slices_iter(
     queries = np.asarray(queries, np.float32)
     if queries.ndim != 3:
         raise ValueError(f"queries must be a stack (N, H, W), got shape {queries.shape}")
-    state = sampler.prepare(_supports(support, label))
+    state = sampler.prepare(binary_supports(support, label))
     parts = []
     yield Progress(0, len(queries), f"{sampler.name}: sampling")
     for i in range(0, len(queries), batch):

@@ -191,8 +191,8 @@ class EpisodeSampler:
             return self._shapes(n_support, rng, gen)
         idx, w = self.by_kind[kind]
         st = self.structures[int(rng.choice(idx, p=w))]
-        partner = self._partner(st, kind, rng) if rng.random() < self.mix.cross else None
-        st, values, angle = self._augment_target(st, rng)
+        partner = self.partner(st, kind, rng) if rng.random() < self.mix.cross else None
+        st, values, angle = self.augment_target(st, rng)
         qry_st = partner if partner is not None else st
         sup = self._pick(st.slices, n_support + (partner is None), rng)
         if partner is None:
@@ -200,8 +200,8 @@ class EpisodeSampler:
             q = self._maybe_empty(st, q, rng)
         else:
             q = self._pick(partner.slices, 1, rng)
-        s_img, s_lab, appearance = self._slices(st, sup, kind, gen, None)
-        q_img, q_lab, _ = self._slices(qry_st, q, kind, gen, appearance)  # same contrast
+        s_img, s_lab, appearance = self.slices(st, sup, kind, gen, None)
+        q_img, q_lab, _ = self.slices(qry_st, q, kind, gen, appearance)  # same contrast
         s_mask, centre = split_target(s_lab, values, angle, None)
         q_mask, _ = split_target(q_lab, qry_st.values if partner else values, angle, centre)
         return s_img[:, None], s_mask[:, None], q_img, q_mask
@@ -209,7 +209,8 @@ class EpisodeSampler:
     def _pick(self, pool: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.choice(pool, size=n, replace=len(pool) < n)
 
-    def _partner(self, st: Structure, kind: str, rng) -> Structure | None:
+    def partner(self, st: Structure, kind: str, rng) -> Structure | None:
+        """The same named structure in another subject (same axis), or None."""
         stack = self.stacks[st.stack]
         subj = stack.record.subject
         cands = [
@@ -230,7 +231,7 @@ class EpisodeSampler:
         near = near[area[near] == 0]
         return q if len(near) == 0 else near[int(rng.integers(len(near)))][None]
 
-    def _augment_target(self, st: Structure, rng):
+    def augment_target(self, st: Structure, rng):
         """``(structure, values, split angle or None)`` after the task augmentations.
 
         Merges with 1-2 touching labels (p ``merge``) and draws the angle of a splitting line
@@ -254,7 +255,7 @@ class EpisodeSampler:
         angle = float(rng.uniform(0, np.pi)) if rng.random() < self.mix.split else None
         return st, values, angle
 
-    def _slices(self, st: Structure, idx, kind, gen, appearance):
+    def slices(self, st: Structure, idx, kind, gen, appearance):
         """``(images, labels, appearance)`` of slices ``idx``.
 
         Real images (appearance None), or synthesised with ``appearance`` (a new one if None).

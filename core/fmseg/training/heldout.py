@@ -99,3 +99,78 @@ def heldout_targets(records: list[Record], groups=("heldout-subjects", "heldout-
             found = _targets(rec, image, vals, "heldout-structures", window)
             out += found[:PER_RECORD]
     return out
+
+
+#: Cross-subject pairs ``(support record, query record)``: same label set, same RAS axes;
+#: the query subject is always held out.
+CROSS_PAIRS = (("dk-10021", "dk-9861"), ("dk-12876", "dk-15697"), ("ts-ct", "ts-dicom"))
+CROSS_PER_PAIR = 6
+MIN_EXTENT_MM = 10.0
+
+
+def _extent_mm(mask: np.ndarray, spacing) -> float:
+    """Smallest bounding-box side of ``mask`` in mm (0 when empty)."""
+    if not mask.any():
+        return 0.0
+    sides = []
+    for ax in range(3):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax)))
+        sides.append((idx[-1] - idx[0] + 1) * float(spacing[ax]))
+    return min(sides)
+
+
+def cross_subject_targets(records: list[Record]) -> list[dict]:
+    """Targets whose supports come from another subject (group ``cross-subject``).
+
+    For each pair of :data:`CROSS_PAIRS`, up to :data:`CROSS_PER_PAIR` structures (a fixed
+    random draw) present in both subjects, at least :data:`MIN_EXTENT_MM` in every direction
+    in both and not a held-out concept; sliced along the query's axis with the most slices
+    holding it. Each dict is a query target plus ``support_image``, ``support_labels`` and
+    ``support_window``.
+    """
+    by_id = {r.id: r for r in records}
+    out: list[dict] = []
+    for sup_id, qry_id in CROSS_PAIRS:
+        if sup_id not in by_id or qry_id not in by_id:
+            continue
+        s_rec, q_rec = by_id[sup_id], by_id[qry_id]
+        s_vals = {n: v for v, n in s_rec.names.items()}
+        found = []
+        for v, name in sorted(q_rec.names.items()):
+            if name not in s_vals or held_out_concept(name):
+                continue
+            q_mask, s_mask = q_rec.labels == v, s_rec.labels == s_vals[name]
+            if min(_extent_mm(q_mask, q_rec.spacing), _extent_mm(s_mask, s_rec.spacing)) < (
+                MIN_EXTENT_MM
+            ):
+                continue
+            axis, n = _best_axis(q_mask)
+            if n >= MIN_SLICES:
+                found.append((name, q_mask, s_mask, axis))
+        rng = np.random.default_rng(0)
+        if len(found) > CROSS_PER_PAIR:
+            found = [found[i] for i in sorted(rng.choice(len(found), CROSS_PER_PAIR, False))]
+        s_img, s_win = _image(s_rec)
+        q_img, q_win = _image(q_rec)
+        for name, q_mask, s_mask, axis in found:
+            out.append(
+                dict(
+                    name=f"{sup_id}->{qry_id}/{name}",
+                    group="cross-subject",
+                    image=q_img,
+                    labels=q_mask.astype(np.int32),
+                    axis=axis,
+                    window=q_win,
+                    support_image=s_img,
+                    support_labels=s_mask.astype(np.int32),
+                    support_window=s_win,
+                )
+            )
+    return out
+
+
+def _image(rec: Record):
+    """``(image, window)``: the record's, or its fixed synthetic image for label-only ones."""
+    if rec.image is None:
+        return synthetic_volume(rec.labels), (0.0, 1.0)
+    return rec.image, rec.window

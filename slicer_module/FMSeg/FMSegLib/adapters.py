@@ -4,12 +4,15 @@ The only code of the module that knows :mod:`fmseg.adapters`. :class:`AdapterLog
 of :class:`~FMSegLib.logic.FMSegLogic` and follows its read -> work -> write split:
 
 * **read** (main thread): :meth:`AdapterLogic.read_annotation` turns a (volume node,
-  segmentation node, segment) into an :class:`fmseg.adapters.data.Annotation` in the volume's
+  segmentation node, segment) into a :class:`TrainingAnnotation` in the volume's
   ``(K, J, I)`` array space (label value 1; annotated = the slices along the view axis that
-  hold the segment, or the whole volume); :meth:`AdapterLogic.read_adapter` reads an adapter
+  hold the segment, or the whole volume; the volume's display window as the user saw it);
+  :meth:`AdapterLogic.read_adapter` reads an adapter
   file's header and refuses one trained for another base model.
-* **work** (background thread): :meth:`AdapterLogic.train_adapter_iter` trains and saves the
-  file atomically once training ends (a cancelled run writes nothing);
+* **work** (background thread): :meth:`AdapterLogic.train_adapter_iter` trains with the first
+  training volume's display window (the rule of every FMSeg action: the window the user sees,
+  see :func:`training_window`) and saves the file, window included, atomically once training
+  ends (a cancelled run writes nothing);
   :meth:`AdapterLogic.apply_adapter_iter` segments a whole volume with a prompt-free (2D
   ``head="auto"`` or 3D) adapter. Box-head adapters go through the prompt path instead
   (``segment_slice_iter(..., adapter=...)``, an :class:`fmseg.Session` with the adapter merged).
@@ -44,6 +47,7 @@ from fmseg.adapters.facade import (
 from fmseg.adapters.trainer import TrainStep
 from fmseg.progress import Work
 from fmseg.registry import ModelLoader
+from fmseg.window import Window
 
 AdapterError = api.AdapterError
 
@@ -104,6 +108,29 @@ class TrainedAdapter:
         return text + ("" if dice is None else f", validation Dice {dice:.3f}") + ")"
 
 
+@dataclass(frozen=True)
+class TrainingAnnotation(Annotation):
+    """An :class:`~fmseg.adapters.data.Annotation` read from a volume node, with its window.
+
+    Attributes:
+        window: The volume's display window when it was read (what the user saw), or None
+            (no display node: the default policy).
+    """
+
+    window: Window | None = None
+
+
+def training_window(annotations: Sequence[Annotation]) -> Window | None:
+    """The intensity window an adapter trains with: the first training volume's display window.
+
+    The same rule as the Logic's other actions (``VolumeInput.window``); the adapter file keeps
+    it and applying uses it. None (the core's default policy) when that volume had no display
+    window, or for annotations not read by :meth:`AdapterLogic.read_annotation`.
+    """
+    first = annotations[0] if annotations else None
+    return first.window if isinstance(first, TrainingAnnotation) else None
+
+
 def describe_step(step: Progress) -> Progress:
     """A training step whose message also names the validation Dice."""
     if not isinstance(step, TrainStep):
@@ -125,8 +152,8 @@ class AdapterLogic:
     # -- read (main thread) -----------------------------------------------------------------
     def read_annotation(
         self, volume_node, segmentation_node, segment: str, view: str = "axial", whole=False
-    ) -> Annotation:
-        """A segment on its volume as training data (label value 1).
+    ) -> TrainingAnnotation:
+        """A segment on its volume as training data (label value 1, the volume's window).
 
         Args:
             volume_node: The image.
@@ -146,8 +173,9 @@ class AdapterLogic:
         if not slices:
             raise ValueError(f"segment '{segment}' is empty on '{volume_node.GetName()}'")
         labels = mask.astype(np.uint8)
-        return Annotation(
-            volume.array, labels, 1, axis, None if whole else slices, volume.spacing
+        return TrainingAnnotation(
+            volume.array, labels, 1, axis, None if whole else slices, volume.spacing,
+            volume.window,
         )  # fmt: skip
 
     def add_training(self, volume_node, segmentation_node, segment: str, view="axial", whole=False):
@@ -196,7 +224,7 @@ class AdapterLogic:
 
         Yields the core's progress while caching, then one :class:`TrainStep` per step (its
         message names loss and validation Dice). Nothing is written when the run is cancelled
-        or fails.
+        or fails. The intensity window is :func:`training_window` of ``annotations``.
 
         Args:
             annotations: Training data (:meth:`read_annotation`).
@@ -227,7 +255,7 @@ class AdapterLogic:
             ]
         work = api.train_adapter_iter(
             list(annotations), base, config, default_settings(method, steps, lr, **settings),
-            device=self.device, load=self.load,
+            device=self.device, window=training_window(annotations), load=self.load,
         )  # fmt: skip
         try:
             while True:

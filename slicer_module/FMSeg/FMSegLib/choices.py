@@ -6,7 +6,19 @@ registry's promptable and volumetric kinds).
 """
 
 VIEWS = ("axial", "coronal", "sagittal")
-BACKENDS = ("incontext-small", "prototype", "interpolation", "nearest", "intensity", "universeg-v1")
+BACKENDS = (
+    "auto",
+    "incontext-prior",
+    "incontext-small",
+    "prototype",
+    "interpolation",
+    "interpolation-fitted",
+    "nearest",
+    "intensity",
+    "universeg-v1",
+)
+#: The backends whose results take corrective clicks (``fmseg.incontext.correct.takes_clicks``).
+CLICK_BACKENDS = ("auto", "incontext-prior")
 SAMPLERS = ("tyche-small", "incontext-small+tta", "interpolation+tta", "tyche-v1")
 #: fmseg.adapters.methods.METHODS, prompt-free ones first (they apply to a whole volume).
 ADAPTER_METHODS = (

@@ -10,11 +10,14 @@ Every action has three steps, so the Widget can run the middle one in a backgrou
 
 Arrays are ``(K, J, I)`` as ``slicer.util.arrayFromVolume`` gives them; :mod:`fmseg.coords`
 converts between them and RAS. Few-shot adapters live in :mod:`FMSegLib.adapters`
-(:class:`~FMSegLib.adapters.AdapterLogic`, a mixin of :class:`FMSegLogic`).
+(:class:`~FMSegLib.adapters.AdapterLogic`, a mixin of :class:`FMSegLogic`), corrective
+clicks on in-context results in :mod:`FMSegLib.corrections` (``CorrectionLogic``, another
+mixin).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +36,12 @@ from fmseg.incontext import (
     volume_source,
 )
 from fmseg.progress import Work
-from fmseg.registry import model_loader
+from fmseg.registry import ModelLoader, load_model
 from fmseg.window import intensity_window
 
 from . import markups, mrml
 from .adapters import AdapterFile, AdapterLogic
+from .corrections import CorrectionLogic, InContextRun
 from .markups import SlicePrompts
 
 
@@ -91,22 +95,28 @@ def support_slices(mask: np.ndarray, axis: int, max_slices: int) -> list[int]:
     return [int(filled[p]) for p in picks]
 
 
-class FMSegLogic(AdapterLogic):
+class FMSegLogic(AdapterLogic, CorrectionLogic):
     """The FMSeg module's computation, on one MRML scene.
 
     Args:
         scene: The MRML scene (default ``slicer.mrmlScene``).
         model: Registry name of the promptable model.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
-        tiny: Tiny random-weight models (tests only).
+        load: How sessions, backends, samplers and adapters get their networks (None:
+            :func:`fmseg.registry.load_model`, the real weights; :func:`fmseg.registry.load_tiny`
+            builds tiny random-weight models for tests and the self-test).
     """
 
     def __init__(
-        self, scene=None, model: str = "litemedsam", device: str | None = None, tiny: bool = False
+        self,
+        scene=None,
+        model: str = "litemedsam",
+        device: str | None = None,
+        load: ModelLoader | None = None,
     ) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.model, self.device = model, device
-        self.load = model_loader(tiny)  # how sessions, backends and samplers get networks
+        self.load = load or load_model
         self.support = SupportSet()
         self.training: list = []  # fmseg.adapters.data.Annotation, see add_training
         self._sessions: dict[str, tuple[tuple, Session]] = {}
@@ -270,24 +280,34 @@ class FMSegLogic(AdapterLogic):
         return self._networks[key]
 
     def incontext_iter(
-        self, volume: VolumeInput, axis: int, backend: str = "incontext-small"
+        self, volume: VolumeInput, axis: int, backend: str = "auto"
     ) -> Work[InContextResult]:
-        """Segment every slice along ``axis`` from the support set (one pass per structure)."""
+        """Segment every slice along ``axis`` from the support set (one pass per structure).
+
+        The result is kept for corrections (:meth:`correct_slice_iter`); with ``auto`` its
+        ``path_counts()`` say which slices took the prior path (:meth:`incontext_summary`).
+        """
         window, source = self._stats(volume)
         net = self._network("backend", backend)
-        return (
-            yield from segment_volume_iter(
-                net, self.support, volume.array, axis, window, source=source
-            )
+        result = yield from segment_volume_iter(
+            net, self.support, volume.array, axis, window, source=source
         )
+        probs = {v: p.copy() for v, p in result.probs.items()}  # corrections refine these
+        self.last_incontext = InContextRun(volume.key, axis, backend, probs)
+        return result
 
     def write_incontext(self, result: InContextResult, segmentation_node, volume_node) -> list:
-        """One segment per support structure, named like the segment it was learned from."""
-        return [
+        """One segment per support structure, named like the segment it was learned from.
+
+        Logs :meth:`incontext_summary` (which path the slices took, for ``auto``).
+        """
+        ids = [
             self.write_segment(segmentation_node, name, result.labels == value, volume_node)
             for value, name in sorted(self.support.names.items())
             if value in result.probs
         ]
+        logging.info("FMSeg in-context: %s", self.incontext_summary(result))
+        return ids
 
     # -- uncertainty --------------------------------------------------------------------
     def sample_iter(

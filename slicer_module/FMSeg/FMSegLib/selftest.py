@@ -15,6 +15,7 @@ import slicer
 import vtk
 
 from fmseg import drain
+from fmseg.registry import load_tiny
 
 from .logic import FMSegLogic
 
@@ -50,7 +51,7 @@ def round_trip(scene, say: Callable[[str], None] = print, folder: str | None = N
     """
     volume, truth = phantom(scene)
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    logic = FMSegLogic(scene, tiny=True)
+    logic = FMSegLogic(scene, load=load_tiny)
     say("segments")
     logic.write_segment(seg, "ball", truth, volume)
     _check(np.array_equal(logic.read_segment(seg, "ball", volume), truth), "segment round trip")

@@ -1,0 +1,79 @@
+"""Fit the ``interpolation-fitted`` rule on training-split corpus structures. Never run in CI.
+
+For interleaved (between annotations) and beyond (extrapolation) layouts of
+:mod:`fmseg.training.prior_episodes`, at 2, 4 and 8 annotated slices, every query pixel gives
+the clipped interpolated signed distance ``s`` and ``s / (1 + d)`` (``d``: slices to the
+nearest annotation); a logistic regression on them is fitted per layout. Prints the
+coefficients as JSON (paste them into ``fmseg.incontext.prior_backend.FITTED``). Usage::
+
+    python -m fmseg.training.fit_interpolation --episodes 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from ..incontext.prior import interpolate_masks
+from .corpus import load_corpus
+from .episodes import EpisodeSampler
+from .prior_episodes import layout_slices
+
+CLIP = 15.0
+
+
+def features(sampler: EpisodeSampler, layout: str, n_eps: int, rng) -> tuple[np.ndarray, ...]:
+    """``(X (P, 2), y (P,))`` pixels of ``n_eps`` label-only episodes of one layout."""
+    xs, ys = [], []
+    for _ in range(n_eps):
+        st = sampler.structures[int(rng.integers(len(sampler.structures)))]
+        labels = sampler.stacks[st.stack].labels
+        n = int(rng.choice([2, 4, 8]))
+        sup, q = layout_slices(st.slices, len(labels), n, layout, rng)
+        masks = np.isin(labels[np.r_[sup, q]].numpy(), st.values)
+        interp = interpolate_masks(q, sup, masks[:-1])
+        s = np.clip(interp.sdf, -CLIP, CLIP)
+        keep = rng.random(s.size) < 0.1  # a tenth of the pixels is plenty
+        xs.append(np.stack([s.ravel(), s.ravel() / (1 + interp.distance)], 1)[keep])
+        ys.append(masks[-1].ravel()[keep])
+    return np.concatenate(xs), np.concatenate(ys).astype(np.float32)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, iters: int = 200) -> tuple[float, float, float]:
+    """``(a, b, c)`` maximising the likelihood of ``sigmoid(a + b x0 + c x1)`` (L-BFGS)."""
+    xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y).double()
+    w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        z = w[0] + xt @ w[1:]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, yt)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return tuple(round(float(v), 4) for v in w.detach())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fit both layouts and print the coefficients."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--episodes", type=int, default=3000, help="episodes per layout")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    sampler = EpisodeSampler(load_corpus(), "train")
+    out = {}
+    for layout, key in (("interleaved", "between"), ("beyond", "beyond")):
+        x, y = features(sampler, layout, args.episodes, rng)
+        out[key] = fit_logistic(x, y)
+        out[f"{key}_pixels"] = len(y)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

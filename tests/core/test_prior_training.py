@@ -1,0 +1,55 @@
+"""Training pieces of the prior-conditioned network: layouts, episodes, click rounds."""
+
+import numpy as np
+import pytest
+import torch
+
+from fmseg.incontext.prior import CHANNELS
+from fmseg.models.prior_universeg import build_prior_universeg
+from fmseg.training.episodes import EpisodeSampler
+from fmseg.training.prior_episodes import PriorEpisodes, PriorMix, layout_slices
+from fmseg.training.train_prior import click_rounds, make_batch
+
+from .test_corpus import tiny_records
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "beyond", "scattered"])
+@pytest.mark.parametrize("n", [1, 2, 8])
+def test_layouts_give_n_supports_and_a_query_in_range(layout, n):
+    rng = np.random.default_rng(n)
+    for _ in range(50):
+        present = np.sort(rng.choice(60, int(rng.integers(2, 12)), replace=False))
+        sup, q = layout_slices(present, 60, n, layout, rng)
+        assert len(sup) == n and 0 <= q < 60
+        if layout == "interleaved":
+            assert present.min() - 2 <= q <= present.max() + 2
+        if layout == "beyond":
+            assert q > sup.max() or q < sup.min() or q in sup
+
+
+def test_volume_episodes_carry_the_interpolated_prior():
+    mix = PriorMix(shift=0, grow=0, drop=0)
+    eps = PriorEpisodes(EpisodeSampler(tiny_records(), "train"), mix)
+    rng = np.random.default_rng(0)
+    for layout in ("interleaved", "beyond", "plain"):
+        si, sm, q, qm = eps.episode(4, rng, layout)
+        assert si.shape == sm.shape == (4, 1, 128, 128)
+        assert q.shape == (len(CHANNELS), 128, 128) and qm.shape == (1, 128, 128)
+        assert not q[3:].any()  # no clicks before the trainer adds them
+        if layout == "plain":
+            assert not q[1:].any()
+        elif qm.sum() > 0:
+            overlap = ((q[1] > 0.5) & (qm[0] > 0.5)).sum() / qm.sum()
+            assert q[2].max() > 0 and overlap > 0.3  # the prior is close to the truth
+
+
+def test_click_rounds_add_clicks_where_the_network_errs():
+    torch.manual_seed(0)
+    eps = PriorEpisodes(EpisodeSampler(tiny_records(), "train"))
+    si, sm, q, qm = make_batch(eps, 2, np.random.default_rng(1))
+    model = build_prior_universeg(tiny=True).eval()
+    out = click_rounds(model, si, sm, q, qm, rounds=2)
+    assert out.shape == q.shape
+    assert out[:, 3:5].sum() > 0  # clicks were placed
+    assert torch.equal(out[:, 0], q[:, 0])  # the image is untouched
+    assert (out[:, 2] == 1).all()  # the prior is now the previous prediction
