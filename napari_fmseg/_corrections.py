@@ -209,7 +209,7 @@ class CorrectionsPanel(mw.Container):
 
     def set_backend(self, name: str) -> None:
         """Enable the buttons for backends that take clicks; else say why they are off."""
-        ok = takes_clicks(_Named(name))
+        ok = takes_clicks(name)
         for button, (_, method) in zip(self.buttons, [b for r in _ROWS for b in r], strict=True):
             button.enabled = ok
             why = f"'{name}' does not take corrective clicks: choose auto or incontext-prior"
@@ -347,10 +347,3 @@ class CorrectionsPanel(mw.Container):
             f"{added}; slices {slices[0]}-{slices[-1]} segmented again, {changed} voxels "
             f"changed" + (" (Undo reverts)" if changed else "") + (f". {paths}." if paths else ".")
         )
-
-
-@dataclass(frozen=True)
-class _Named:
-    """A stand-in with a backend's name (``takes_clicks`` decides by name, nothing is built)."""
-
-    name: str

@@ -128,3 +128,39 @@ def test_outputs_follow_the_umask(tmp_path, umask, mode):
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == mode
     assert stat.S_IMODE(prob.stat().st_mode) == mode
+
+
+@pytest.fixture
+def tiny_backends(monkeypatch):
+    """``fmseg incontext`` with tiny random-weight networks (the real weights may be absent)."""
+    import fmseg.cli.incontext as cli_incontext
+    from fmseg.incontext import build_backend
+    from fmseg.registry import load_tiny
+
+    built = []
+
+    def tiny(name, *args, **kwargs):
+        built.append(name)
+        return build_backend(name, *args, load=load_tiny, **kwargs)
+
+    monkeypatch.setattr(cli_incontext, "build_backend", tiny)
+    return built
+
+
+def test_incontext_cli_defaults_to_auto_and_reports_the_paths(tmp_path, capsys, tiny_backends):
+    img, lab, _ = _cone(tmp_path, "a")
+    qimg, _, _ = _cone(tmp_path, "b", shift=2)
+    out = tmp_path / "out.nii.gz"
+    args = ["incontext", "--support", f"{img}:{lab}:3,8", "--out", str(out)]
+    assert main([*args, "--query", str(img)]) == 0
+    assert tiny_backends == ["auto"]
+    err = capsys.readouterr().err.strip().splitlines()
+    # 16 slices along z, annotated at 3 and 8 of this very volume: all within reach
+    assert err[-1] == "auto: 16 slices on the prior path (annotated slices nearby), 0 in-context"
+    assert nib.load(out).shape == (40, 40, 16)
+    assert main([*args, "--query", str(qimg)]) == 0  # another volume: no annotation nearby
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "auto: 0 slices on the prior path (annotated slices nearby), 16 in-context"
+    )
+    assert main([*args, "--query", str(img), "--backend", "nearest"]) == 0
+    assert "prior path" not in capsys.readouterr().err  # one-path backends: no report

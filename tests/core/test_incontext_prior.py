@@ -85,13 +85,18 @@ def test_corrective_click_goes_to_the_largest_error_region():
     assert corrective_click(truth, truth) is None
 
 
-def test_widened_network_starts_as_the_plain_one():
+def test_widened_network_starts_as_the_plain_one_and_adds_the_prior():
     torch.manual_seed(0)
     plain = UniverSeg((4, 4, 4, 4))
     wide = widen_first_layer(build_prior_universeg(tiny=True), plain.state_dict())
     q = torch.rand(2, len(CHANNELS), 32, 32)
+    q[:, 1:] = 0  # no prior, no clicks: exactly the plain network
     si, sm = torch.rand(2, 3, 1, 32, 32), (torch.rand(2, 3, 1, 32, 32) > 0.5).float()
     torch.testing.assert_close(wide(q, si, sm), plain(q[:, :1], si, sm), atol=1e-5, rtol=1e-4)
+    q[:, 1], q[:, 2] = 1.0, 0.5  # a prior everywhere inside, 1 slice away
+    skip = wide(q, si, sm) - wide.body(q, si, sm)
+    g0, g1 = wide.prior_gain.detach()
+    torch.testing.assert_close(skip, torch.full_like(skip, float((g0 + g1 * 0.5) * RAMP)))
 
 
 def volume_support(image, labels, idx, source="vol"):

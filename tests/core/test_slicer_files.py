@@ -171,3 +171,11 @@ def test_menu_choices_exist_in_the_core():
     for name, menu in menus.items():
         assert "Choice" in ast.unparse(fields[name].annotation)
         assert ast.literal_eval(fields[name].value) in menu, name  # a valid default
+
+
+def test_click_backends_are_those_the_core_corrects():
+    from fmseg.incontext.correct import CLICK_BACKENDS, takes_clicks
+
+    choices = _load("choices")
+    assert choices.CLICK_BACKENDS == CLICK_BACKENDS and choices.BACKENDS[0] == "auto"
+    assert [b for b in choices.BACKENDS if takes_clicks(b)] == list(CLICK_BACKENDS)

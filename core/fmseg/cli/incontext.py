@@ -13,8 +13,10 @@ import sys
 import time
 
 from ..incontext import BACKENDS, build_backend, segment_volume_iter
+from ..incontext.factory import DEFAULT_BACKEND
 from ..io import save_labels, save_volume
 from ..progress import drain
+from ..report import describe_paths
 from .common import add_device, add_window, print_progress
 from .files import VOLUME, build_support, check_outputs, read_volume
 
@@ -37,7 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--prob-out", help="also write the foreground probability (one label only)")
     s.add_argument("--axis", type=int, default=2, choices=(0, 1, 2), help="default 2 (z)")
     s.add_argument("--label", type=int, action="append", help="label value(s) to segment")
-    s.add_argument("--backend", default="incontext-small", choices=sorted(BACKENDS))
+    s.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        choices=sorted(BACKENDS),
+        help=f"default {DEFAULT_BACKEND}: the prior network near annotated slices of the "
+        "same volume, plain in-context elsewhere",
+    )
     s.add_argument("--checkpoint", help="weights for universeg-v1 (universeg_v1_nf64_ss64_STA.pt)")
     s.add_argument("--ensemble", type=int, default=1, help="random support subsets averaged")
     s.add_argument("--subset", type=int, help="supports per ensemble member")
@@ -77,4 +85,7 @@ def run(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - t0:.1f} s",
         file=sys.stderr,
     )
+    report = describe_paths(backend.name, res.path_counts())
+    if report:
+        print(report, file=sys.stderr)
     return n

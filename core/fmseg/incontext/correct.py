@@ -22,10 +22,13 @@ from .prior_backend import REACH
 from .segment import binary_supports, volume_queries, volume_source
 from .support import SupportSet
 
+#: Backends whose network takes corrective clicks (the prior-conditioned one).
+CLICK_BACKENDS = ("auto", "incontext-prior")
 
-def takes_clicks(backend: Backend) -> bool:
-    """Whether ``backend`` accepts corrective clicks (the prior-conditioned network does)."""
-    return backend.name in ("auto", "incontext-prior")
+
+def takes_clicks(backend: Backend | str) -> bool:
+    """Whether ``backend`` (or the backend of that name) accepts corrective clicks."""
+    return (backend if isinstance(backend, str) else backend.name) in CLICK_BACKENDS
 
 
 def pick_label(support: SupportSet, label: int | None) -> int:

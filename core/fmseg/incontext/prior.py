@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..models.prior_universeg import CHANNELS
+from ..models.prior_universeg import CHANNELS, RAMP
 
-__all__ = ["CHANNELS"]  # re-exported: the channel order lives with the network
+__all__ = ["CHANNELS", "RAMP"]  # re-exported: the channel layout lives with the network
 
-RAMP = 8.0  # pixels (at the network's input size) over which the prior ramps 0 -> 1
 CLICK_RADIUS = 2.0  # pixels at the network's input size
 PREDICTION_CLOSENESS = 1.0  # closeness of a prior that is this slice's previous prediction
 

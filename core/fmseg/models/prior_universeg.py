@@ -1,10 +1,17 @@
 """The prior-conditioned in-context network: UniverSeg with interaction channels on the query.
 
-The architecture is :class:`~fmseg.models.universeg.UniverSeg` whose target (query) input has
-six channels instead of one: the image, a prior mask, its closeness, positive and negative
-clicks and a box (:data:`CHANNELS`), as MultiverSeg (Wong et al., ICCV
-2025) and ScribblePrompt (ECCV 2024) give the network the previous prediction and the user's
-interactions next to the context set. Supports stay (image, mask) pairs.
+The body is :class:`~fmseg.models.universeg.UniverSeg` whose target (query) input has six
+channels instead of one: the image, a prior mask, its closeness, positive and negative clicks
+and a box (:data:`CHANNELS`), as MultiverSeg (Wong et al., ICCV 2025) and ScribblePrompt (ECCV
+2024) give the network the previous prediction and the user's interactions next to the context
+set. Supports stay (image, mask) pairs.
+
+The output is a *correction* of the prior: ``logits = body(...) + g * s`` where ``s`` is the
+prior's signed distance in pixels (clipped to the ramp, :mod:`fmseg.incontext.prior`) and the
+gain ``g = g0 + g1 * closeness`` is learnt (0 without a prior). A plain network fed the prior
+only through its first layer learnt to use it too slowly on a CPU budget (held-out interleaved
+episodes after 900 steps: 0.50 with the prior against 0.61 for the prior alone); with the skip
+the interpolation is the starting point and the body learns where to depart from it.
 
 Shapes: query ``(B, 6, H, W)``, supports ``(B, S, 1, H, W)`` twice, output ``(B, 1, H, W)``
 logits.
@@ -13,25 +20,50 @@ logits.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from .universeg import UniverSeg
 
 #: The query input channels, in order (built by :func:`fmseg.incontext.prior.query_channels`).
 CHANNELS = ("image", "prior", "closeness", "positive", "negative", "box")
+RAMP = 8.0  # pixels: the prior channel is clip(0.5 + sdf / (2 * RAMP), 0, 1)
 
 
-def build_prior_universeg(tiny: bool = False, width: int = 16) -> UniverSeg:
+class PriorUniverSeg(nn.Module):
+    """UniverSeg body on six query channels plus a learnt skip from the prior.
+
+    Args:
+        widths: Feature width of each encoder level of the body.
+    """
+
+    def __init__(self, widths=(16, 16, 16, 16)):
+        super().__init__()
+        self.body = UniverSeg(widths, target_channels=len(CHANNELS))
+        self.prior_gain = nn.Parameter(torch.tensor([0.25, 0.75]))  # g0, g1
+
+    def forward(
+        self, query: torch.Tensor, support_images: torch.Tensor, support_labels: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, 6, H, W), (B, S, 1, H, W), (B, S, 1, H, W) -> (B, 1, H, W)`` logits."""
+        prior, near = query[:, 1:2], query[:, 2:3]
+        has = (near > 0).to(query.dtype)
+        sdf = (prior - 0.5) * (2 * RAMP)
+        gain = self.prior_gain[0] + self.prior_gain[1] * near
+        return self.body(query, support_images, support_labels) + has * gain * sdf
+
+
+def build_prior_universeg(tiny: bool = False, width: int = 16) -> PriorUniverSeg:
     """``incontext-prior``: width 16 (``tiny``: 4), six query channels."""
     w = 4 if tiny else width
-    return UniverSeg((w, w, w, w), target_channels=len(CHANNELS))
+    return PriorUniverSeg((w, w, w, w))
 
 
-def widen_first_layer(model: UniverSeg, plain_state: dict[str, torch.Tensor]) -> UniverSeg:
-    """Load a one-channel UniverSeg state dict of the same width into ``model``.
+def widen_first_layer(model: PriorUniverSeg, plain_state: dict[str, torch.Tensor]):
+    """Load a one-channel UniverSeg state dict of the same width into ``model.body``.
 
     The first CrossOp's weight is ``(C, C_target + 2, k, k)``; the image channel and the two
-    support channels are copied and the new query channels start at zero, so the widened
-    network first computes exactly what the plain one did.
+    support channels are copied and the new query channels start at zero, so without a prior
+    the network first computes exactly what the plain one did.
     """
     state = dict(plain_state)
     key = "enc_blocks.0.cross.cross_conv.weight"
@@ -39,5 +71,5 @@ def widen_first_layer(model: UniverSeg, plain_state: dict[str, torch.Tensor]) ->
     extra = len(CHANNELS) - 1
     zeros = torch.zeros(w.shape[0], extra, *w.shape[2:], dtype=w.dtype)
     state[key] = torch.cat([w[:, :1], zeros, w[:, 1:]], dim=1)
-    model.load_state_dict(state, strict=True)
+    model.body.load_state_dict(state, strict=True)
     return model
