@@ -53,3 +53,26 @@ def test_click_rounds_add_clicks_where_the_network_errs():
     assert out[:, 3:5].sum() > 0  # clicks were placed
     assert torch.equal(out[:, 0], q[:, 0])  # the image is untouched
     assert (out[:, 2] == 1).all()  # the prior is now the previous prediction
+
+
+def test_resume_state_round_trips(tmp_path):
+    from fmseg.training.resume import load_resume, save_resume
+
+    model = build_prior_universeg(tiny=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(
+        torch.rand(1, 6, 16, 16), torch.rand(1, 2, 1, 16, 16), torch.rand(1, 2, 1, 16, 16)
+    ).sum().backward()
+    opt.step()
+    rng = np.random.default_rng(3)
+    save_resume(tmp_path / "r.pt", model, opt, 7, rng, 12.5, best=0.4)
+    expected = torch.rand(3)  # what torch draws next after the save
+    other = build_prior_universeg(tiny=True)
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    state = load_resume(tmp_path / "r.pt", other, opt2)
+    assert (state["step"], state["elapsed"], state["best"]) == (7, 12.5, 0.4)
+    assert state["rng"].integers(10**9) == np.random.default_rng(3).integers(10**9)
+    assert torch.equal(torch.rand(3), expected)
+    for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()

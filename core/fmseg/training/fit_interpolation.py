@@ -27,23 +27,6 @@ from .prior_episodes import layout_slices
 CLIP = 15.0
 
 
-def features(sampler: EpisodeSampler, layout: str, n_eps: int, rng) -> tuple[np.ndarray, ...]:
-    """``(X (P, 2), y (P,))`` pixels of ``n_eps`` label-only episodes of one layout."""
-    xs, ys = [], []
-    for _ in range(n_eps):
-        st = sampler.structures[int(rng.integers(len(sampler.structures)))]
-        labels = sampler.stacks[st.stack].labels
-        n = int(rng.choice([2, 4, 8]))
-        sup, q = layout_slices(st.slices, len(labels), n, layout, rng)
-        masks = np.isin(labels[np.r_[sup, q]].numpy(), st.values)
-        interp = interpolate_masks(q, sup, masks[:-1])
-        s = np.clip(interp.sdf, -CLIP, CLIP)
-        keep = rng.random(s.size) < 0.1  # a tenth of the pixels is plenty
-        xs.append(np.stack([s.ravel(), s.ravel() / (1 + interp.distance)], 1)[keep])
-        ys.append(masks[-1].ravel()[keep])
-    return np.concatenate(xs), np.concatenate(ys).astype(np.float32)
-
-
 def episodes(sampler: EpisodeSampler, layout: str, n_eps: int, rng) -> list[tuple]:
     """``(clipped sdf, distance, truth)`` of ``n_eps`` label-only episodes of one layout."""
     out = []
@@ -56,6 +39,16 @@ def episodes(sampler: EpisodeSampler, layout: str, n_eps: int, rng) -> list[tupl
         interp = interpolate_masks(q, sup, masks[:-1])
         out.append((np.clip(interp.sdf, -CLIP, CLIP), interp.distance, masks[-1]))
     return out
+
+
+def features(eps: list[tuple], rng) -> tuple[np.ndarray, np.ndarray]:
+    """``(X (P, 2), y (P,))``: ``s`` and ``s / (1 + d)`` of a tenth of the episodes' pixels."""
+    xs, ys = [], []
+    for s, d, truth in eps:
+        keep = rng.random(s.size) < 0.1
+        xs.append(np.stack([s.ravel(), s.ravel() / (1 + d)], 1)[keep])
+        ys.append(truth.ravel()[keep])
+    return np.concatenate(xs), np.concatenate(ys).astype(np.float32)
 
 
 def fit_dice(eps: list[tuple]) -> tuple[tuple[float, float, float], float]:
@@ -129,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             plain = fit_dice_at(eps, 0.0)
             out[f"{key}_plain_dice"] = plain
             continue
-        x, y = features(sampler, layout, args.episodes, rng)
+        x, y = features(episodes(sampler, layout, args.episodes, rng), rng)
         out[key] = fit_logistic(x, y)
         out[f"{key}_pixels"] = len(y)
     print(json.dumps(out))

@@ -31,6 +31,7 @@ from ..models.universeg import UniverSeg
 from . import incontext_data as D
 from .corpus import add_data_argument
 from .episodes import Mix
+from .resume import load_resume, save_resume
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "incontext_small.pt"
 
@@ -203,12 +204,9 @@ def train(args: argparse.Namespace) -> None:
     t0, last_eval, step, best = time.time(), -1e9, 0, -1.0
     resume = args.out.with_name(args.out.stem + "_resume.pt")
     if args.resume and resume.exists():  # continue where the last evaluation left off
-        state = torch.load(resume, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        state = load_resume(resume, model, opt)
         step, best, rng = state["step"], state["best"], state["rng"]
         t0 = time.time() - state["elapsed"]
-        torch.set_rng_state(state["torch_rng"])
     log = open(args.log, "a")
     while (elapsed := time.time() - t0) < args.minutes * 60 and step < args.max_steps:
         frac = max(elapsed / (args.minutes * 60), step / args.max_steps)
@@ -234,17 +232,7 @@ def train(args: argparse.Namespace) -> None:
             if rec["val"]["all"] > best:
                 best = rec["val"]["all"]
                 save(model, args, step, elapsed, rec["val"])
-            state = {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-                "best": best,
-                "rng": rng,
-                "elapsed": elapsed,
-                "torch_rng": torch.get_rng_state(),
-            }
-            torch.save(state, resume.with_suffix(".tmp"))
-            resume.with_suffix(".tmp").replace(resume)
+            save_resume(resume, model, opt, step, rng, elapsed, best=best)
         log.write(json.dumps(rec) + "\n")
         log.flush()
     rec = {

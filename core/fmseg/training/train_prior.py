@@ -31,6 +31,7 @@ from ..models.prior_universeg import build_prior_universeg, widen_first_layer
 from .corpus import load_corpus
 from .episodes import EpisodeSampler
 from .prior_episodes import PriorEpisodes
+from .resume import load_resume, save_resume
 from .train_incontext import image_augment, loss_fn
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "incontext_prior.pt"
@@ -125,12 +126,9 @@ def train(args: argparse.Namespace) -> None:
     t0, last_eval, step = time.time(), -1e9, 0
     resume = args.out.with_name(args.out.stem + "_resume.pt")
     if args.resume and resume.exists():
-        state = torch.load(resume, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        state = load_resume(resume, model, opt)
         step, rng = state["step"], state["rng"]
         t0 = time.time() - state["elapsed"]
-        torch.set_rng_state(state["torch_rng"])
     log = open(args.log, "a")
     while (elapsed := time.time() - t0) < args.minutes * 60:
         frac = elapsed / (args.minutes * 60)
@@ -152,16 +150,7 @@ def train(args: argparse.Namespace) -> None:
             last_eval = elapsed
             rec["val"] = evaluate(model, val)
             save(model, args, step, elapsed, rec["val"])
-            state = {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-                "rng": rng,
-                "elapsed": elapsed,
-                "torch_rng": torch.get_rng_state(),
-            }
-            torch.save(state, resume.with_suffix(".tmp"))
-            resume.with_suffix(".tmp").replace(resume)
+            save_resume(resume, model, opt, step, rng, elapsed)
         log.write(json.dumps(rec) + "\n")
         log.flush()
     rec = {"step": step, "t": round(time.time() - t0, 1), "val": evaluate(model, val)}
