@@ -92,11 +92,14 @@ def test_widened_network_starts_as_the_plain_one_and_adds_the_prior():
     q = torch.rand(2, len(CHANNELS), 32, 32)
     q[:, 1:] = 0  # no prior, no clicks: exactly the plain network
     si, sm = torch.rand(2, 3, 1, 32, 32), (torch.rand(2, 3, 1, 32, 32) > 0.5).float()
-    torch.testing.assert_close(wide(q, si, sm), plain(q[:, :1], si, sm), atol=1e-5, rtol=1e-4)
+    k = float(wide.body_scale.detach())  # scaled logits: the same masks as the plain network
+    ref = plain(q[:, :1], si, sm)
+    torch.testing.assert_close(wide(q, si, sm), k * ref, atol=1e-5, rtol=1e-4)
     q[:, 1], q[:, 2] = 1.0, 0.5  # a prior everywhere inside, 1 slice away
-    skip = wide(q, si, sm) - wide.body(q, si, sm)
-    g0, g1 = wide.prior_gain.detach()
-    torch.testing.assert_close(skip, torch.full_like(skip, float((g0 + g1 * 0.5) * RAMP)))
+    skip = wide(q, si, sm) - k * wide.body(q, si, sm)
+    (g0, g1), (a0, a1) = wide.prior_gain.detach(), wide.prior_bias.detach()
+    expected = float(a0 + a1 * 0.5 + (g0 + g1 * 0.5) * RAMP)
+    torch.testing.assert_close(skip, torch.full_like(skip, expected))
 
 
 def volume_support(image, labels, idx, source="vol"):

@@ -36,8 +36,8 @@ class PriorMix:
     beyond: float = 0.2
     scattered: float = 0.1
     plain: float = 0.3
-    shift: float = 0.15  # move the prior by up to 6 px
-    grow: float = 0.15  # grow or shrink it by up to 4 px
+    shift: float = 0.05  # move the prior by up to 6 px
+    grow: float = 0.05  # grow or shrink it by up to 4 px
     drop: float = 0.05  # same-volume supports but no prior
 
 

@@ -30,7 +30,7 @@ from ..incontext.prior import CHANNELS, PREDICTION_CLOSENESS, click_map, correct
 from ..models.prior_universeg import build_prior_universeg, widen_first_layer
 from .corpus import load_corpus
 from .episodes import EpisodeSampler
-from .prior_episodes import PriorEpisodes
+from .prior_episodes import PriorEpisodes, PriorMix
 from .resume import load_resume, save_resume
 from .train_incontext import image_augment, loss_fn
 
@@ -83,7 +83,8 @@ def click_rounds(model, si, sm, q, qm, rounds: int) -> torch.Tensor:
 def validation_set(records, n_each: int = 6) -> list[tuple]:
     """Fixed held-out episodes: interleaved and beyond layouts at 2, 4 and 8 supports."""
     rng = np.random.default_rng(1234)
-    eps = PriorEpisodes(EpisodeSampler(records, "heldout"))
+    # the priors a clinician's annotations give: not corrupted
+    eps = PriorEpisodes(EpisodeSampler(records, "heldout"), PriorMix(shift=0, grow=0, drop=0))
     out = []
     for layout in ("interleaved", "beyond"):
         for n in (2, 4, 8):
@@ -108,6 +109,8 @@ def evaluate(model, val: list[tuple]) -> dict[str, float]:
     model.train()
     out = {k: float(np.mean(v)) for k, v in scores.items()}
     out["all"] = float(np.mean([out["interleaved"], out["beyond"]]))
+    out["gain"] = [round(float(v), 3) for v in model.prior_gain.detach()]
+    out["body_scale"] = round(float(model.body_scale.detach()), 3)
     return out
 
 
@@ -122,7 +125,13 @@ def train(args: argparse.Namespace) -> None:
     model = build_prior_universeg(width=args.width)
     if args.warm is not None:
         widen_first_layer(model, torch.load(args.warm, weights_only=True)["model"])
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    scalars = [p for n, p in model.named_parameters() if not n.startswith("body.")]
+    body = [p for n, p in model.named_parameters() if n.startswith("body.")]
+    opt = torch.optim.AdamW(  # the skip's few scalars move 20x faster than the body
+        [{"params": body, "base": args.lr}, {"params": scalars, "base": 20 * args.lr}],
+        lr=args.lr,
+        weight_decay=1e-4,
+    )
     t0, last_eval, step = time.time(), -1e9, 0
     resume = args.out.with_name(args.out.stem + "_resume.pt")
     if args.resume and resume.exists():
@@ -134,7 +143,7 @@ def train(args: argparse.Namespace) -> None:
         frac = elapsed / (args.minutes * 60)
         warmup = min(1.0, (step + 1) / 50)
         for g in opt.param_groups:
-            g["lr"] = args.lr * warmup * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            g["lr"] = g["base"] * warmup * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         si, sm, q, qm = make_batch(episodes, args.batch, rng)
         if rng.random() < args.click_p:
             q = click_rounds(model.eval(), si, sm, q, qm, int(rng.integers(1, 4)))
