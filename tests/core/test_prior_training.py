@@ -46,13 +46,16 @@ def test_volume_episodes_carry_the_interpolated_prior():
 def test_click_rounds_add_clicks_where_the_network_errs():
     torch.manual_seed(0)
     eps = PriorEpisodes(EpisodeSampler(tiny_records(), "train"))
-    si, sm, q, qm = make_batch(eps, 2, np.random.default_rng(1))
+    si, sm, q, qm = make_batch(eps, 6, np.random.default_rng(1))
+    assert 0 < (q[:, 2].flatten(1).amax(1) > 0).sum() < 6  # both kinds in the batch
     model = build_prior_universeg(tiny=True).eval()
     out = click_rounds(model, si, sm, q, qm, rounds=2)
     assert out.shape == q.shape
     assert out[:, 3:5].sum() > 0  # clicks were placed
     assert torch.equal(out[:, 0], q[:, 0])  # the image is untouched
-    assert (out[:, 2] == 1).all()  # the prior is now the previous prediction
+    had = q[:, 2].flatten(1).amax(1) > 0
+    assert torch.equal(out[had, 1:3], q[had, 1:3])  # an interpolated prior stays
+    assert (out[~had, 2] == 1).all()  # elsewhere the previous prediction is the prior
 
 
 def test_resume_state_round_trips(tmp_path):

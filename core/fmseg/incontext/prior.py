@@ -8,8 +8,9 @@ Besides its image, a query slice gets five channels, all at the network's input 
   0.5 is the interpolated contour and the distance to it is kept up to ``RAMP`` pixels; after
   a click it is the previous prediction; without either it is 0.
 * ``closeness``: a constant ``1 / (1 + d)``, ``d`` the distance in slices to the nearest
-  annotated slice the prior came from (0: no prior), so the network can tell an
-  interpolation between close annotations from an extrapolation far from them.
+  annotated slice the prior came from (0: no prior; 1: the prior is the slice's previous
+  prediction), so the network can tell an interpolation between close annotations from an
+  extrapolation far from them.
 * ``positive``, ``negative``: clicks (and scribbles) as discs of radius ``CLICK_RADIUS``.
 * ``box``: a filled bounding box, or 0.
 
@@ -96,8 +97,12 @@ def prior_from_sdf(sdf: np.ndarray) -> np.ndarray:
 
 
 def closeness(distance: int | None) -> float:
-    """The ``closeness`` channel's value for a prior ``distance`` slices away (None: no prior)."""
-    return 0.0 if distance is None else 1.0 / (1.0 + float(distance))
+    """The ``closeness`` channel's value for a prior ``distance`` slices away (None: no prior).
+
+    ``1 / (1 + d)`` for ``d >= 1``; an annotated slice itself (``d = 0``) counts as one slice
+    away, so an interpolated prior is always below :data:`PREDICTION_CLOSENESS` (1).
+    """
+    return 0.0 if distance is None else 1.0 / (1.0 + max(float(distance), 1.0))
 
 
 def click_map(points: Sequence[tuple[float, float]], shape: tuple[int, int]) -> np.ndarray:

@@ -129,17 +129,20 @@ class PriorBackend(Backend):
         clicks: Clicks | None = None,
         previous: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The ``(6, s, s)`` input of one ``(H, W)`` query (prior, clicks, previous mask)."""
+        """The ``(6, s, s)`` input of one ``(H, W)`` query.
+
+        The prior is the interpolation when the prior path applies, else ``previous`` (the
+        slice's last prediction, when given), else none; clicks are scaled to the input size.
+        """
         h, w = query.shape
         img = resize(torch.as_tensor(np.asarray(query, np.float32))[None], (self.size,) * 2)[0]
         prior, near = None, 0.0
-        if previous is not None:
+        interp = query_prior(state, pos, self.reach) if self.use_prior else None
+        if interp is not None:  # the interpolation stays the prior, also under clicks
+            prior, near = prior_from_sdf(interp.sdf), closeness(interp.distance)
+        elif previous is not None:  # the in-context path refines its last prediction
             prev = resize(torch.as_tensor(np.asarray(previous, np.float32))[None], img.shape)
             prior, near = prev[0].numpy(), PREDICTION_CLOSENESS
-        elif self.use_prior:
-            interp = query_prior(state, pos, self.reach)
-            if interp is not None:
-                prior, near = prior_from_sdf(interp.sdf), closeness(interp.distance)
         scaled = clicks.scaled(self.size / h, self.size / w) if clicks else None
         return query_channels(img.numpy(), prior, near, scaled)
 
@@ -172,7 +175,8 @@ class PriorBackend(Backend):
             ]
         )
         self.last_paths = [
-            "prior" if previous is not None or x[i, 2].max() > 0 else "in-context" for i in range(n)
+            "prior" if 0 < x[i, 2].max() < PREDICTION_CLOSENESS else "in-context"
+            for i in range(n)
         ]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(pos):

@@ -63,7 +63,11 @@ def make_batch(episodes: PriorEpisodes, batch: int, rng: np.random.Generator):
 
 @torch.no_grad()
 def click_rounds(model, si, sm, q, qm, rounds: int) -> torch.Tensor:
-    """``q`` after ``rounds`` simulated corrective clicks (prior := the last prediction)."""
+    """``q`` after ``rounds`` simulated corrective clicks.
+
+    Clicks accumulate; an interpolated prior stays as it is (the skip keeps using it), and
+    where there is none the last prediction becomes the prior (as at inference).
+    """
     q = q.clone()
     pos, neg = CHANNELS.index("positive"), CHANNELS.index("negative")
     for _ in range(rounds):
@@ -76,7 +80,8 @@ def click_rounds(model, si, sm, q, qm, rounds: int) -> torch.Tensor:
             disc = torch.from_numpy(click_map([(r, c)], tuple(q.shape[-2:])))
             ch = pos if positive else neg
             q[b, ch] = torch.maximum(q[b, ch], disc)
-        q[:, 1], q[:, 2] = prob, PREDICTION_CLOSENESS
+        plain = q[:, 2].flatten(1).amax(1) == 0  # no interpolated prior: feed the prediction
+        q[plain, 1], q[plain, 2] = prob[plain], PREDICTION_CLOSENESS
     return q
 
 
