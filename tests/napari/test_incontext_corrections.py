@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from napari_helpers import cone
 
 from fmseg.incontext.prior import Clicks
@@ -19,12 +20,25 @@ pytestmark = pytest.mark.gui
 WAIT_MS = 60_000
 
 
+def _body_only_tiny(name, checkpoint=None, device=None):
+    """Tiny random networks; the prior network's clicks weigh heavily, so corrections show."""
+    model = load_tiny(name, device=device)
+    if name == "incontext-prior":
+        with torch.no_grad():
+            model.body_scale.fill_(1.0)
+            model.prior_gain.zero_()
+            model.prior_bias.zero_()
+            model.body.enc_blocks[0].cross.cross_conv.weight[:, 3:5] *= 50.0
+    return model
+
+
 def _make(make_napari_viewer, backend="auto"):
+    torch.manual_seed(0)  # the tiny networks' random weights
     viewer = make_napari_viewer()
     volume, labels, _ = cone()
     viewer.add_image(volume, scale=(2.0, 1.0, 1.0), contrast_limits=(-0.3, 1.3))
     viewer.add_labels(labels, name="annotations", scale=(2.0, 1.0, 1.0))
-    widget = InContextWidget(viewer, load=load_tiny)
+    widget = InContextWidget(viewer, load=_body_only_tiny)
     assert widget._backend_name.value == "auto"  # the default
     widget._backend_name.value = backend
     viewer.window.add_dock_widget(widget)
