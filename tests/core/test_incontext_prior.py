@@ -92,7 +92,7 @@ def test_widened_network_starts_as_the_plain_one_and_adds_the_prior():
     q = torch.rand(2, len(CHANNELS), 32, 32)
     q[:, 1:] = 0  # no prior, no clicks: exactly the plain network
     si, sm = torch.rand(2, 3, 1, 32, 32), (torch.rand(2, 3, 1, 32, 32) > 0.5).float()
-    k = float(wide.body_scale.detach())  # scaled logits: the same masks as the plain network
+    k = float(wide.body_scale.detach()[0])  # no clicks: k0 scales logits, masks unchanged
     ref = plain(q[:, :1], si, sm)
     torch.testing.assert_close(wide(q, si, sm), k * ref, atol=1e-5, rtol=1e-4)
     q[:, 1], q[:, 2] = 1.0, 0.5  # a prior everywhere inside, 1 slice away
@@ -171,3 +171,22 @@ def test_clicks_change_the_slice_and_the_corrected_slice_joins_the_support_set()
     assert [e.index for e in support.examples] == [5, 25, 15]
     with pytest.raises(ValueError, match="empty"):
         add_corrected_slice(support, image, np.zeros((40, 40), bool), 0, 16, 1, (0, 100), src)
+
+
+def test_queries_with_clicks_weigh_the_body_by_k0_plus_k1():
+    from fmseg.models.prior_universeg import upgrade_state
+
+    torch.manual_seed(1)
+    model = build_prior_universeg(tiny=True)
+    with torch.no_grad():
+        model.body_scale.copy_(torch.tensor([0.1, 0.5]))
+    q = torch.zeros(2, len(CHANNELS), 32, 32)
+    q[:, 0] = torch.rand(32, 32)
+    q[1, 3, 10, 10] = 1.0  # a click on the second query only
+    si, sm = torch.rand(2, 2, 1, 32, 32), (torch.rand(2, 2, 1, 32, 32) > 0.5).float()
+    body = model.body(q, si, sm)
+    out = model(q, si, sm)
+    torch.testing.assert_close(out[0], 0.1 * body[0])
+    torch.testing.assert_close(out[1], 0.6 * body[1])
+    old = {**model.state_dict(), "body_scale": torch.tensor(0.3)}  # a one-scale checkpoint
+    assert upgrade_state(old)["body_scale"].tolist() == pytest.approx([0.3, 0.0])

@@ -175,8 +175,7 @@ class PriorBackend(Backend):
             ]
         )
         self.last_paths = [
-            "prior" if 0 < x[i, 2].max() < PREDICTION_CLOSENESS else "in-context"
-            for i in range(n)
+            "prior" if 0 < x[i, 2].max() < PREDICTION_CLOSENESS else "in-context" for i in range(n)
         ]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, p in enumerate(pos):

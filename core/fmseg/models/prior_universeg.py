@@ -17,8 +17,11 @@ network's masks where there is none (scaling logits keeps their sign). A plain n
 prior only through its first layer learnt to use it too slowly on a CPU budget (held-out
 interleaved episodes after 900 steps: 0.50 with the prior against 0.61 for the prior alone),
 and with ``k = 1`` the warm body's large logits (median 9.6) outvoted the prior (0.54 after
-330 steps). A previous prediction fed back after a click (closeness 1) goes through the body
-only: sharing the skip with it taught the skip to distrust every prior.
+330 steps). The body's weight is ``k = k0 + k1 * [clicks]``: queries with clicks need the body
+(only it sees them), and with one shared ``k`` click training raised it for every query,
+letting the body outvote good priors. A previous prediction fed back after a click
+(closeness 1) goes through the body only: sharing the skip with it taught the skip to
+distrust every prior.
 
 Shapes: query ``(B, 6, H, W)``, supports ``(B, S, 1, H, W)`` twice, output ``(B, 1, H, W)``
 logits.
@@ -46,7 +49,7 @@ class PriorUniverSeg(nn.Module):
     def __init__(self, widths=(16, 16, 16, 16)):
         super().__init__()
         self.body = UniverSeg(widths, target_channels=len(CHANNELS))
-        self.body_scale = nn.Parameter(torch.tensor(0.1))  # k
+        self.body_scale = nn.Parameter(torch.tensor([0.1, 0.0]))  # k0, k1 (with clicks)
         self.prior_bias = nn.Parameter(torch.tensor([0.0, 0.0]))  # a0, a1
         self.prior_gain = nn.Parameter(torch.tensor([1.0, 4.0]))  # g0, g1
 
@@ -61,8 +64,10 @@ class PriorUniverSeg(nn.Module):
         sdf = (prior - 0.5) * (2 * RAMP)
         gain = self.prior_gain[0] + self.prior_gain[1] * near
         bias = self.prior_bias[0] + self.prior_bias[1] * near
+        clicked = (query[:, 3:5].flatten(1).amax(1) > 0).to(query.dtype)[:, None, None, None]
+        k = self.body_scale[0] + self.body_scale[1] * clicked
         body = self.body(query, support_images, support_labels)
-        return self.body_scale * body + has * (bias + gain * sdf)
+        return k * body + has * (bias + gain * sdf)
 
 
 def build_prior_universeg(tiny: bool = False, width: int = 16) -> PriorUniverSeg:
@@ -86,3 +91,12 @@ def widen_first_layer(model: PriorUniverSeg, plain_state: dict[str, torch.Tensor
     state[key] = torch.cat([w[:, :1], zeros, w[:, 1:]], dim=1)
     model.body.load_state_dict(state, strict=True)
     return model
+
+
+def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint with one scalar body scale -> ``(k0, k1 = 0)`` (same outputs without clicks)."""
+    state = dict(state)
+    k = state.get("body_scale")
+    if k is not None and k.dim() == 0:
+        state["body_scale"] = torch.stack([k, torch.zeros_like(k)])
+    return state

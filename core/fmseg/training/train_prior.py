@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..incontext.prior import CHANNELS, PREDICTION_CLOSENESS, click_map, corrective_click
-from ..models.prior_universeg import build_prior_universeg, widen_first_layer
+from ..models.prior_universeg import build_prior_universeg, upgrade_state, widen_first_layer
 from .corpus import load_corpus
 from .episodes import EpisodeSampler
 from .prior_episodes import PriorEpisodes, PriorMix
@@ -115,7 +115,7 @@ def evaluate(model, val: list[tuple]) -> dict[str, float]:
     out = {k: float(np.mean(v)) for k, v in scores.items()}
     out["all"] = float(np.mean([out["interleaved"], out["beyond"]]))
     out["gain"] = [round(float(v), 3) for v in model.prior_gain.detach()]
-    out["body_scale"] = round(float(model.body_scale.detach()), 3)
+    out["body_scale"] = [round(float(v), 3) for v in model.body_scale.detach()]
     return out
 
 
@@ -130,6 +130,8 @@ def train(args: argparse.Namespace) -> None:
     model = build_prior_universeg(width=args.width)
     if args.warm is not None:
         widen_first_layer(model, torch.load(args.warm, weights_only=True)["model"])
+    if args.init is not None:  # continue from a prior-network checkpoint (weights only)
+        model.load_state_dict(upgrade_state(torch.load(args.init, weights_only=True)["model"]))
     scalars = [p for n, p in model.named_parameters() if not n.startswith("body.")]
     body = [p for n, p in model.named_parameters() if n.startswith("body.")]
     opt = torch.optim.AdamW(  # the skip's few scalars move 20x faster than the body
@@ -195,6 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=float, default=300.0, help="seconds between validations")
     p.add_argument("--warm", type=Path, default=None, help="plain UniverSeg checkpoint to widen")
+    p.add_argument("--init", type=Path, default=None, help="prior-network checkpoint to start from")
     p.add_argument("--resume", action="store_true", help="continue from <out>_resume.pt")
     p.add_argument("--out", type=Path, default=WEIGHTS)
     p.add_argument("--log", type=Path, default=Path("incontext_prior.jsonl"))
