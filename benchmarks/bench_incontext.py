@@ -305,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
     names = args.backends.split(",")
     global _TARGETS
     _TARGETS = targets
-    jobs = [(name, args, groups, sizes, checkpoints) for name in names]
+    jobs = [(name, args, groups, sizes, checkpoints, "dice") for name in names]
+    jobs += [(n, args, groups, sizes, checkpoints, "clicks") for n in args.clicks.split(",") if n]
     if args.jobs > 1:  # one process per backend (fork: the targets are shared, not copied)
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
@@ -314,7 +315,11 @@ def main(argv: list[str] | None = None) -> dict:
         parts = [bench_backend(*job) for job in jobs]
     for part in parts:
         for key, value in part.items():
-            result[key].update(value)
+            for name, rows in value.items():
+                if isinstance(rows, dict) and isinstance(result[key].get(name), dict):
+                    result[key][name].update(rows)
+                else:
+                    result[key][name] = rows
     for name in args.speed.split(","):  # timed alone, after the accuracy runs
         if name in names and name not in result["skipped"] and targets[0]["name"] == "liver":
             result["speed"][name] = speed(make_backend(name, checkpoints), targets[0])
@@ -330,14 +335,27 @@ def main(argv: list[str] | None = None) -> dict:
 _TARGETS: list[dict] = []  # set by main(); read by the worker processes
 
 
-def bench_backend(name: str, args, groups, sizes, checkpoints) -> dict:
-    """One backend's rows of the result (``dice``, ``per_target``, ``paths``, ...)."""
+def bench_backend(name: str, args, groups, sizes, checkpoints, part: str = "dice") -> dict:
+    """One backend's rows of the result.
+
+    ``part`` ``"dice"``: curves, paths and the shuffled control; ``"clicks"``: the click
+    curves (a separate job, so the two run in parallel).
+    """
     targets = _TARGETS
     out: dict = {k: {} for k in ("dice", "per_target", "shuffled", "skipped", "clicks", "paths")}
     try:
         backend = make_backend(name, checkpoints)
     except (WeightsError, ValueError) as err:
         out["skipped"][name] = str(err)
+        return out
+    if part == "clicks":
+        curves = {
+            g: click_curve(backend, targets, g, args.click_size)
+            for g in groups
+            if g != "cross-subject"
+        }
+        out["clicks"][name] = {"size": args.click_size, **curves}
+        print(f"{name} clicks: {out['clicks'][name]}", flush=True)
         return out
     for protocol in args.protocols.split(","):
         t0 = time.perf_counter()
@@ -357,19 +375,11 @@ def bench_backend(name: str, args, groups, sizes, checkpoints) -> dict:
         rows = {g: v for g, v in rows.items() if v is not None}
         out["shuffled"][name] = {"size": n, "protocol": "interleaved", **rows}
         print(f"{name} shuffled supports, n={n}: {rows}", flush=True)
-    if name in args.clicks.split(","):
-        curves = {
-            g: click_curve(backend, targets, g, args.click_size)
-            for g in groups
-            if g != "cross-subject"
-        }
-        out["clicks"][name] = {"size": args.click_size, **curves}
-        print(f"{name} clicks: {out['clicks'][name]}", flush=True)
     return out
 
 
 def plot(result: dict, path: Path) -> None:
-    """Dice vs support size: one panel per (group, protocol), one line per backend."""
+    """Dice vs support size: a panel per (group, protocol) with data, a line per backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,30 +387,34 @@ def plot(result: dict, path: Path) -> None:
 
     protocols = sorted({p for v in result["dice"].values() for p in v})
     groups = result.get("groups", list(GROUPS))
-    fig, axes = plt.subplots(
-        len(groups), len(protocols), figsize=(5 * len(protocols), 3.75 * len(groups)), squeeze=False
-    )
-    for col, protocol in enumerate(protocols):
-        for row, group in enumerate(groups):
-            ax = axes[row][col]
-            for name, per in result["dice"].items():
-                if group in per.get(protocol, {}):
-                    ax.plot(result["sizes"], per[protocol][group], marker="o", label=name)
-            for name, sh in result.get("shuffled", {}).items():
-                if protocol == sh["protocol"] and group in sh:
-                    ax.plot(
-                        [sh["size"]], [sh[group]], "x", ms=9, label=f"{name}, shuffled supports"
-                    )
-            ax.set_title(f"{TITLES[group]}, {protocol}")
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(result["sizes"], [str(n) for n in result["sizes"]])
-            ax.set_ylim(0, 1)
-            ax.set_xlabel("support slices")
-            ax.set_ylabel("Dice (query slices)")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    panels = [
+        (g, p)
+        for g in groups
+        for p in protocols
+        if any(g in per.get(p, {}) for per in result["dice"].values())
+    ]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.75 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (group, protocol) in zip(axes.flat, panels, strict=False):
+        for name, per in result["dice"].items():
+            if group in per.get(protocol, {}):
+                ax.plot(result["sizes"], per[protocol][group], marker="o", label=name)
+        for name, sh in result.get("shuffled", {}).items():
+            if protocol == sh["protocol"] and group in sh:
+                ax.plot([sh["size"]], [sh[group]], "x", ms=9, label=f"{name}, shuffled supports")
+        ax.set_title(f"{TITLES[group]}, {protocol}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(result["sizes"], [str(n) for n in result["sizes"]])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("support slices")
+        ax.set_ylabel("Dice (query slices)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
