@@ -20,6 +20,14 @@ from FMSegLib import mrml  # noqa: E402
 FMSegLogic = logic_module.FMSegLogic
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """The tiny networks' random weights are the same on every run."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 def _fiducials(scene, volume, kji_points, descriptions=()):
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode")
     for n, kji in enumerate(kji_points):
