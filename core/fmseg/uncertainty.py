@@ -30,6 +30,22 @@ def entropy(samples: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
+def _bits(p: np.ndarray, eps: float) -> np.ndarray:
+    p = np.clip(p, eps, 1 - eps)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def mutual_information(samples: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Disagreement between candidates (bits, in [0, 1]), ``(K, ...) -> (...)``.
+
+    Entropy of the mean minus the mean entropy of the candidates (BALD's mutual information):
+    0 where every candidate says the same thing (however unsure each one is), 1 bit where half
+    the candidates are certain of foreground and half certain of background.
+    """
+    s = as_stack(samples, "samples").astype(np.float64)
+    return np.clip(_bits(s.mean(0), eps) - _bits(s, eps).mean(0), 0.0, 1.0)
+
+
 def diversity(masks: np.ndarray) -> float:
     """Mean pairwise Dice *distance* ``1 - Dice`` over distinct pairs (0: all identical)."""
     d = pairwise_dice(masks)
