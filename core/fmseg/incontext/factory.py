@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..calibration import stored_calibration
 from ..interactive.predictor import SamPredictor
 from ..registry import ModelLoader, get_spec, load_model
 from .auto import AutoBackend
@@ -99,8 +100,18 @@ def build_sampler(
     """
     if name in ("tyche-small", "tyche-v1"):
         model = load(name, checkpoint=checkpoint, device=device)
-        return TycheBackend(model, k=k, seed=seed)
+        return TycheBackend(model, k=k, seed=seed, calibration=_calibration(name, checkpoint, load))
     if name.endswith("+tta") and name[:-4] in BACKENDS:
         base = build_backend(name[:-4], device=device, checkpoint=checkpoint, load=load)
         return AugmentedSampler(base, k=k, seed=seed)
     raise KeyError(f"unknown sampler '{name}'; known: {', '.join(SAMPLERS)}")
+
+
+def _calibration(name: str, checkpoint: str | Path | None, load: ModelLoader) -> dict | None:
+    """The calibration stored with real weights (``meta["calibration"]``); None for tiny nets."""
+    if load is not load_model:
+        return None
+    src = get_spec(name).weights
+    if checkpoint is None and (src is None or src.kind != "file"):
+        return None
+    return stored_calibration(checkpoint or src.location)

@@ -5,7 +5,9 @@
 * :class:`AugmentedSampler` (Tyche-IS): any deterministic backend run ``K`` times on random
   intensity augmentations of the query and supports and random support subsets.
 
-Both return ``(K, N, H, W)`` probabilities; :mod:`fmseg.uncertainty` summarises them.
+Both return ``(K, N, H, W)`` probabilities; :mod:`fmseg.uncertainty` summarises them. A
+Tyche backend given a calibration (a checkpoint's ``meta["calibration"]``, read by
+:func:`fmseg.calibration.stored_calibration`) applies it to every candidate's probability.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..calibration import apply_calibration
 from ..progress import Progress, Work
 from ..window import WindowLike
 from .backends import Backend, Supports, resize, stack_resized
@@ -29,13 +32,23 @@ class TycheBackend(Backend):
         size: Square input side (128).
         batch_images: Bound on ``queries x (supports + k)`` per forward pass.
         seed: Seed of the noise, so samples are reproducible.
+        calibration: Applied to each candidate's probability (:mod:`fmseg.calibration`);
+            None: the network's own probabilities.
     """
 
     name = "tyche"
 
-    def __init__(self, model, k: int = 8, size: int = 128, batch_images: int = 96, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        k: int = 8,
+        size: int = 128,
+        batch_images: int = 96,
+        seed: int = 0,
+        calibration: dict | None = None,
+    ):
         self.model, self.k, self.size = model.eval(), k, size
-        self.batch_images, self.seed = batch_images, seed
+        self.batch_images, self.seed, self.calibration = batch_images, seed, calibration
         self.device = next(model.parameters()).device
 
     def prepare(self, supports: Supports) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +59,7 @@ class TycheBackend(Backend):
 
     @torch.inference_mode()
     def sample(self, state, queries: np.ndarray, k: int | None = None) -> np.ndarray:
-        """``(K, N, H, W)`` candidate probabilities for ``(N, H, W)`` queries."""
+        """``(K, N, H, W)`` candidate probabilities (calibrated) for ``(N, H, W)`` queries."""
         k = k or self.k
         imgs, masks = state
         q = torch.as_tensor(np.asarray(queries, np.float32))
@@ -63,7 +76,8 @@ class TycheBackend(Backend):
             logits = self.model(xb, si, sm, noise.to(self.device))
             out[:, i : i + step] = torch.sigmoid(logits).transpose(0, 1).cpu()
         flat = out.reshape(k * len(x), self.size, self.size)
-        return resize(flat, shape).clamp(0, 1).reshape(k, len(x), *shape).numpy()
+        probs = resize(flat, shape).clamp(0, 1).reshape(k, len(x), *shape).numpy()
+        return apply_calibration(probs, self.calibration)
 
     def predict(self, state, queries: np.ndarray, positions=None) -> np.ndarray:
         """Mean of the candidates, ``(N, H, W)``."""

@@ -7,7 +7,10 @@ corpus (:mod:`fmseg.training.episodes`; ``--data legacy``: the first training se
 (task-level flips/rotations/intensity inversion applied to the whole episode; per-image
 affine, contrast and noise), and minimises soft Dice + BCE of the query prediction. With
 ``--arch tyche`` the network draws ``--k`` candidates and only the best one against a
-randomly grown/shrunk version of the query mask (another plausible rater) is penalised.
+simulated rater's version of the query mask is penalised: ``--rater ambiguity`` (default;
+boundary jitter, merges with a neighbouring label, left-out parts, with probability
+``--ambiguity``; :mod:`fmseg.training.ambiguity`) or ``--rater growshrink`` (the first
+recipe: grown/shrunk by 0-3 px).
 Validation episodes (held-out AAL structures; LiTS liver from the half never trained on)
 are scored every ``--eval-every`` seconds into the JSON-lines curve. Usage::
 
@@ -29,6 +32,7 @@ from torch.nn import functional as F
 from ..models.tyche import TycheTS
 from ..models.universeg import UniverSeg
 from . import incontext_data as D
+from .ambiguity import Ambiguity, RaterEpisodes, perturb_query
 from .corpus import add_data_argument
 from .episodes import Mix
 from .resume import load_resume, save_resume
@@ -215,7 +219,8 @@ def train(args: argparse.Namespace) -> None:
         si, sm, qi, qm = make_batch(draw, args.batch, rng)
         if args.arch == "tyche":
             noise = torch.randn(len(qi), args.k, 1, *qi.shape[-2:])
-            loss, dice = best_candidate_loss(model(qi, si, sm, noise), rater_variant(qm, rng))
+            target = rater_variant(qm, rng) if args.rater == "growshrink" else qm
+            loss, dice = best_candidate_loss(model(qi, si, sm, noise), target)
         else:
             loss, dice = loss_fn(model(qi, si, sm), qm)
         opt.zero_grad()
@@ -247,16 +252,32 @@ def train(args: argparse.Namespace) -> None:
 
 
 def episode_source(args: argparse.Namespace):
-    """``draw(n_support, rng)`` for ``--data corpus`` (default) or ``--data legacy``."""
+    """``draw(n_support, rng)`` for ``--data corpus`` (default) or ``--data legacy``.
+
+    For Tyche with ``--rater ambiguity`` the query masks are simulated raters' (perturbed
+    before the trainer's augmentation, so the same warps apply to image and target).
+    """
+    rater = getattr(args, "rater", "growshrink") == "ambiguity" and args.arch == "tyche"
+    amb = Ambiguity(p=getattr(args, "ambiguity", Ambiguity.p))
     if args.data == "legacy":
         tasks = {"aal": D.aal_tasks(), "lits": D.lits_tasks()}
         groups = dict(zip(("aal", "lits", "synthetic"), args.shares, strict=True))
-        return lambda n, rng: legacy_episode(tasks, groups, n, rng)
+        if not rater:
+            return lambda n, rng: legacy_episode(tasks, groups, n, rng)
+
+        def draw(n: int, rng: np.random.Generator):
+            si, sm, qi, qm = legacy_episode(tasks, groups, n, rng)
+            return si, sm, qi, perturb_query(qm, rng, cfg=amb)  # no label map: no merges
+
+        return draw
     from .corpus import load_corpus
     from .episodes import EpisodeSampler
 
     mix = Mix(real=args.mix[0], synth=args.mix[1], shapes=args.mix[2])
-    return EpisodeSampler(load_corpus(root=args.corpus, split="train"), "train", mix).episode
+    records = load_corpus(root=args.corpus, split="train")
+    if rater:
+        return RaterEpisodes(records, "train", mix, ambiguity=amb).episode
+    return EpisodeSampler(records, "train", mix).episode
 
 
 def save(model, args: argparse.Namespace, step: int, t: float, val: dict, tag: str = "") -> None:
@@ -277,6 +298,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--arch", choices=("universeg", "tyche"), default="universeg")
     p.add_argument("--k", type=int, default=4, help="Tyche candidates per query in training")
+    p.add_argument(
+        "--rater",
+        choices=("ambiguity", "growshrink"),
+        default="ambiguity",
+        help="Tyche's simulated raters: perturbations of fmseg.training.ambiguity, or 0-3 px",
+    )
+    p.add_argument(
+        "--ambiguity",
+        type=float,
+        default=Ambiguity.p,
+        help="with --rater ambiguity: probability that a query target is perturbed",
+    )
     p.add_argument("--batch", type=int, default=4)
     add_data_argument(p, "the first set (AAL/LiTS/ellipses)")
     p.add_argument("--corpus", type=Path, default=None, help="corpus folder (default: cache)")
