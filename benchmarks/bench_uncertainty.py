@@ -11,12 +11,20 @@ structure, evenly spaced). For each sampler (``K`` samples) and the deterministi
 * diversity (mean pairwise 1 - Dice) overall and on the most vs least boundary-dominated
   targets (top / bottom third by perimeter / area);
 * entropy of the samples as an error detector: AUROC over voxels and error rate by decile;
+* both maps of :data:`fmseg.uncertainty.MAPS` (disagreement between candidates, total
+  uncertainty = entropy of the mean) per group: AUROC over voxels, AUROC within a band of
+  ``--band`` pixels (default 10) around the reference boundary (:func:`fmseg.metrics.band_auroc`;
+  errors of the mean > 0.5), and the fraction of the structure, and of its interior (farther
+  than ``--band`` pixels from the boundary), where the map exceeds 0.5 bit (the symptom a user
+  reported: a whole liver above 0.5 bit of entropy while the candidates barely differed);
 * time of K samples of one 256x256 slice vs one deterministic prediction, and for Tyche vs one
   pass of the same network with a single candidate (median of interleaved repeats).
 
 Usage::
 
     PYTHONPATH=core python benchmarks/bench_uncertainty.py --out benchmarks/results/uncertainty.json
+    # quick: PYTHONPATH=core python benchmarks/bench_uncertainty.py --queries 2 --repeats 3 \
+    #     --out benchmarks/results/uncertainty_maps_quick.json
 """
 
 from __future__ import annotations
@@ -54,9 +62,41 @@ def queries_for(target: dict, n_queries: int) -> tuple[list[int], list[int]]:
     return sup, [present[int(i)] for i in pick]
 
 
-def evaluate(sampler, det, targets: list[dict], n_queries: int) -> dict:
+def _rounded(x: float) -> float | None:
+    """``x`` to 4 decimals, None for nan (no pixels): JSON has no nan."""
+    return None if np.isnan(x) else round(float(x), 4)
+
+
+def map_scores(parts: list[dict], band: int) -> dict:
+    """Scores of each map over pooled query slices: ``parts`` rows of per-slice arrays.
+
+    Each row holds its ``group``; ``error``, ``band``, ``structure``, ``interior`` (bool
+    ``(H, W)``); and one ``(H, W)`` map per kind of :data:`fmseg.uncertainty.MAPS`.
+    """
+    pool = {k: np.concatenate([p[k].ravel() for p in parts]) for k in parts[0] if k != "group"}
+    err, near, n = pool["error"], pool["band"], int(pool["interior"].sum())
+    out = {}
+    for kind in U.MAPS:
+        m = pool[kind]
+        try:
+            in_band = round(M.auroc(m[near], err[near]), 4)
+        except ValueError:  # no error (or no correct pixel) near any boundary
+            in_band = None
+        out[kind] = {
+            "auroc": round(M.auroc(m, err), 4),
+            f"band_auroc_{band}px": in_band,
+            "above_half_bit_structure": round(M.fraction_above(m, pool["structure"]), 4),
+            "above_half_bit_interior": _rounded(M.fraction_above(m, pool["interior"])),
+            "mean_bits_interior": _rounded(float(m[pool["interior"]].mean()) if n else np.nan),
+        }
+    out["interior_px"] = n
+    out["band_errors_px"] = int(err[near].sum())
+    return out
+
+
+def evaluate(sampler, det, targets: list[dict], n_queries: int, band: int = 10) -> dict:
     """All metrics for one sampler against the deterministic backend."""
-    rows, ent_all, err_all = [], [], []
+    rows, ent_all, err_all, parts = [], [], [], []
     for t in targets:
         sup, qry = queries_for(t, n_queries)
         supports = binary_supports(make_support(t, sup, False), None)
@@ -80,9 +120,17 @@ def evaluate(sampler, det, targets: list[dict], n_queries: int) -> dict:
                     "ratio": boundary_ratio(gt[j]),
                 }
             )
+            error = (U.mean_probability(s) > 0.5) != gt[j]
             ent_all.append(U.entropy(s).ravel())
-            err_all.append(((U.mean_probability(s) > 0.5) != gt[j]).ravel())
-    return summarise(rows, np.concatenate(ent_all), np.concatenate(err_all))
+            err_all.append(error.ravel())
+            part = {"group": t["group"], "error": error, "structure": gt[j]}
+            part |= {"band": M.boundary_band(gt[j], band), "interior": M.interior(gt[j], band)}
+            parts.append(part | {kind: U.uncertainty_map(s, kind) for kind in U.MAPS})
+    out = summarise(rows, np.concatenate(ent_all), np.concatenate(err_all))
+    out["maps"] = {"band_px": band}
+    for g in ("liver", "aal", "all"):
+        out["maps"][g] = map_scores([p for p in parts if g in ("all", p["group"])], band)
+    return out
 
 
 def summarise(rows: list[dict], ent: np.ndarray, err: np.ndarray) -> dict:
@@ -136,11 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--queries", type=int, default=12, help="query slices per structure")
     p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--band", type=int, default=10, help="boundary band (pixels) for AUROC")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     targets = load_targets(DATA)
     det = build_backend(args.deterministic, device="cpu")
-    result: dict = {"k": args.k, "deterministic": args.deterministic, "samplers": {}}
+    result: dict = {"k": args.k, "deterministic": args.deterministic, "queries": args.queries}
+    result["samplers"] = {}
     for name in args.samplers.split(","):
         try:
             sampler = build_sampler(name, k=args.k, device="cpu")
@@ -148,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["samplers"][name] = {"skipped": str(err)}
             continue
         t0 = time.perf_counter()
-        res = evaluate(sampler, det, targets, args.queries)
+        res = evaluate(sampler, det, targets, args.queries, args.band)
         res["time"] = timing(sampler, det, targets[0], args.repeats)
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         result["samplers"][name] = res

@@ -7,6 +7,7 @@ worker (:class:`~._worker.JobRunner`); the result goes into the "in-context" Lab
 (:class:`~._output.OutputLayer`, undoable), never into the annotations. With ``auto`` (the
 default) the status line says how many slices took the prior path and how many the plain
 in-context one; its results take corrective clicks (:class:`~._corrections.CorrectionsPanel`).
+"Next slice to annotate" (:class:`~._suggest.SuggestPanel`) says which slice to annotate next.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import _layers as L
 from ._controls import StatusLine, button_row
 from ._corrections import CorrectionsPanel
 from ._output import OutputLayer, Write, plan_write
+from ._suggest import SuggestPanel
 from ._support import Query, SupportPanel
 from ._worker import JobRunner
 
@@ -117,9 +119,13 @@ class InContextWidget(mw.Container):
         )
         self._backend_name.changed.connect(self.corrections.set_backend)
         self.corrections.set_backend(self._backend_name.value)
-        controls = mw.Container(
-            widgets=[self._backend_name, self._ensemble, *rows, self.jobs.bar, self.corrections]
+        self.suggestions = SuggestPanel(
+            viewer, self.panel, self.output, self.jobs, self.status, self._chosen_backend
         )
+        controls = mw.Container(
+            widgets=[self._backend_name, self._ensemble, *rows, self.suggestions, self.jobs.bar,
+                     self.corrections]
+        )  # fmt: skip
         controls.margins = (0, 0, 0, 0)
         self.extend([self._slot, controls, self.status])
         self.show_panel()
@@ -150,6 +156,17 @@ class InContextWidget(mw.Container):
         name = query.name("segment")
         self.status.say(f"{name}: {key[0]} ...")
         self.jobs.run(work, name, functools.partial(self._on_result, query, key, name))
+
+    def _chosen_backend(self) -> tuple[str, Callable[[], Backend]]:
+        """The backend chosen now, and a getter that builds (or reuses) and keeps it."""
+        key = (str(self._backend_name.value), int(self._ensemble.value))
+
+        def get() -> Backend:
+            backend = self._get_backend(key)
+            self._backend = (key, backend)
+            return backend
+
+        return key[0], get
 
     def _get_backend(self, key: tuple[str, int]) -> Backend:
         """The cached backend for ``key``, or a new one (called in the worker)."""

@@ -26,9 +26,10 @@ LABELS_LAYER = "fmseg labels"
 INCONTEXT_LAYER = "in-context"
 UNCERTAINTY_LAYER = "uncertainty result"
 ADAPTER_LAYER = "fmseg adapter"
-#: Image layers of the Uncertainty tool: the candidates, their mean and entropy.
-SAMPLES, MEAN, ENTROPY = "samples", "mean", "entropy"
-UNCERTAINTY_IMAGES = (SAMPLES, MEAN, ENTROPY)
+#: Image layers of the Uncertainty tool: the candidates, their mean and the two maps (named by
+#: their titles in :data:`fmseg.uncertainty.MAPS`).
+SAMPLES, MEAN, DISAGREEMENT, TOTAL = "samples", "mean", "disagreement", "total uncertainty"
+UNCERTAINTY_IMAGES = (SAMPLES, MEAN, DISAGREEMENT, TOTAL)
 #: Labels layers fmseg makes: chosen as annotations only when no layer the user opened holds
 #: labels (the first three are never offered as annotations: they hold a tool's output).
 OUTPUTS = (OBJECT_LAYER, INCONTEXT_LAYER, UNCERTAINTY_LAYER)

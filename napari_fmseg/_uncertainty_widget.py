@@ -3,12 +3,14 @@
 It runs on the :class:`~._support.SupportPanel` (the image, annotations, label value, slicing
 axis and support set it shares with the In-context tool in the fmseg dock) with a *sampler*
 of :data:`fmseg.incontext.SAMPLERS`: a Tyche network, or ``<backend>+tta`` (K runs on
-perturbed inputs and support subsets). A run fills three Image layers: ``samples`` (the
-``(K, Z, Y, X)`` candidate probabilities; napari gives a slider over K), ``mean`` and
-``entropy`` (a heat map in bits, 0 where the candidates agree). The clinician commits one
-candidate, or the mean above a threshold, into the "uncertainty result" Labels layer
-(:class:`~._output.OutputLayer`, undoably); the annotations layer is only read. Sampling and
-the commit's merge run in a worker (:class:`~._worker.JobRunner`).
+perturbed inputs and support subsets). A run fills four Image layers: ``samples`` (the
+``(K, Z, Y, X)`` candidate probabilities; napari gives a slider over K), ``mean``, and the
+two maps of :data:`fmseg.uncertainty.MAPS`, ``disagreement`` (shown by default) and ``total
+uncertainty`` (bits; drawn by :mod:`._uncertainty_display`: transparent at 0, fixed range,
+with their legend). The clinician commits one candidate, or the mean above a threshold,
+into the "uncertainty result" Labels layer (:class:`~._output.OutputLayer`, undoably); the
+annotations layer is only read. Sampling, the maps and the commit's merge run in a worker
+(:class:`~._worker.JobRunner`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from napari.layers import Image
 from fmseg.incontext import SAMPLERS, build_sampler, sample_volume_iter
 from fmseg.progress import Progress, Work
 from fmseg.registry import ModelLoader, load_model
-from fmseg.uncertainty import diversity, entropy, mean_probability
+from fmseg.uncertainty import DEFAULT_MAP, diversity, mean_probability
 from fmseg.weights import WeightsError
 
 from . import _layers as L
+from . import _uncertainty_display as D
 from ._controls import StatusLine, button_row
 from ._output import OutputLayer, Region, Write, plan_on_slices
 from ._support import Query, SupportPanel, source
@@ -41,12 +44,13 @@ if TYPE_CHECKING:
     Sampler = TycheBackend | AugmentedSampler
 
 OUTPUT_LAYER = L.UNCERTAINTY_LAYER
-SAMPLES, MEAN, ENTROPY = L.SAMPLES, L.MEAN, L.ENTROPY
+SAMPLES, MEAN = L.SAMPLES, L.MEAN
+DISAGREEMENT, TOTAL = D.MAP_LAYERS["disagreement"], D.MAP_LAYERS["total"]
 _META = "fmseg_uncertainty"  # samples layer metadata: source, axis, sampled slices
-_STYLE = {  # black is transparent with additive blending: the image shows through
-    SAMPLES: {"colormap": "cyan", "visible": False},
-    MEAN: {"colormap": "magma", "visible": False},
-    ENTROPY: {"colormap": "inferno", "opacity": 0.8},
+_STYLE = {  # hidden until asked for; the maps: translucent, transparent at 0
+    SAMPLES: {"colormap": "cyan", "visible": False, "blending": "additive"},
+    MEAN: {"colormap": "magma", "visible": False, "blending": "additive"},
+    **{name: D.map_style(kind) for kind, name in D.MAP_LAYERS.items()},
 }
 _ROWS = (
     (("Sample slice", "sample_slice"), ("Sample volume", "sample_volume")),
@@ -85,8 +89,8 @@ def _sample_work(
     """Build (or reuse) the sampler, sample, summarise the region: runs in the worker thread.
 
     Returns:
-        The sampler, the ``(K, *volume.shape)`` samples, their mean and entropy (0 outside
-        the query's region).
+        The sampler, the ``(K, *volume.shape)`` samples, their mean and the maps (layer name
+        -> map in bits; all 0 outside the query's region).
     """
     yield Progress(0, 0, "loading the sampler")
     volume = query.volume
@@ -99,12 +103,16 @@ def _sample_work(
     except WeightsError as exc:
         advice = "choose another sampler, e.g. interpolation+tta, or install the weights"
         raise SamplerUnavailable(f"{exc} ({advice})") from None
-    yield Progress(0, 0, "mean and entropy")
-    mean, ent = np.zeros(volume.shape, np.float32), np.zeros(volume.shape, np.float32)
+    yield Progress(0, 0, "mean, disagreement, total uncertainty")
     region = query.region
     part = samples[(slice(None), *region)]
-    mean[region], ent[region] = mean_probability(part), entropy(part)
-    return sampler, samples, mean, ent
+    mean = np.zeros(volume.shape, np.float32)
+    mean[region] = mean_probability(part)
+    maps = {}
+    for name, values in D.maps_of(part).items():
+        maps[name] = np.zeros(volume.shape, np.float32)
+        maps[name][region] = values
+    return sampler, samples, mean, maps
 
 
 class UncertaintyWidget(mw.Container):
@@ -149,6 +157,11 @@ class UncertaintyWidget(mw.Container):
         )
         self._sampler_name.tooltip = "\n".join(f"{k}: {v}" for k, v in SAMPLERS.items())
         self._k = mw.SpinBox(label="K (candidates)", min=2, max=16, value=8)
+        self._map = mw.ComboBox(label="map", choices=D.MAP_CHOICES, value=DEFAULT_MAP)
+        self._map.tooltip = "\n".join(D.legend_text(kind) for _, kind in D.MAP_CHOICES)
+        self._map.changed.connect(self.show_map)
+        self.legend = mw.Label(label="legend", value="")  # public: tests read it
+        self.legend.native.setWordWrap(True)
         self.diversity = mw.Label(label="diversity", value="")  # public: tests read it
         self.diversity.tooltip = "mean pairwise 1 - Dice of the current slice's candidates"
         self._candidate = mw.SpinBox(label="candidate k", min=0, max=7, value=0)
@@ -162,7 +175,8 @@ class UncertaintyWidget(mw.Container):
         self._whole.tooltip = "commit every sampled slice (else the current slice only)"
         rows = [button_row(self, row) for row in _ROWS]
         controls = mw.Container(
-            widgets=[self._sampler_name, self._k, rows[0], self.diversity, self._candidate]
+            widgets=[self._sampler_name, self._k, rows[0], self._map, self.legend]
+            + [self.diversity, self._candidate]
             + [self._threshold, self._value, self._whole, *rows[1:], self.jobs.bar]
         )
         controls.margins = (0, 0, 0, 0)
@@ -207,8 +221,8 @@ class UncertaintyWidget(mw.Container):
         return next((x for x in self._viewer.layers if x.name == name), None)
 
     def _on_samples(self, query: Query, key: tuple[str, int], name: str, out: tuple) -> None:
-        """Put samples, mean and entropy into their layers (GUI thread)."""
-        sampler, samples, mean, ent = out
+        """Put samples, mean and maps into their layers (GUI thread)."""
+        sampler, samples, mean, maps = out
         self._sampler = (key, sampler)
         image, axis = query.image, query.axis
         if image not in self._viewer.layers or image.data.shape != mean.shape:
@@ -232,24 +246,28 @@ class UncertaintyWidget(mw.Container):
         stack = self._put(SAMPLES, samples, box and (slice(None), *box), stack_geometry(image))
         stack.metadata[_META] = record
         self._put(MEAN, mean, box, L.geometry(image))
-        heat = self._put(ENTROPY, ent, box, L.geometry(image))
-        if (colorbar := getattr(heat, "colorbar", None)) is not None:
-            colorbar.visible = True  # entropy, in bits
+        for layer_name, values in maps.items():
+            self._put(layer_name, values, box, L.geometry(image))
+        self.show_map()
         self._candidate.max = len(samples) - 1
         self.update_diversity()
         self.status.say(
-            f"{name}: {len(samples)} candidates from {key[0]} in '{SAMPLES}' (slider"
-            f" k), their mean in '{MEAN}', disagreement in '{ENTROPY}' (bits, 0 = all agree)."
+            f"{name}: {len(samples)} candidates from {key[0]} in '{SAMPLES}' (slider k),"
+            f" their mean in '{MEAN}', maps in '{DISAGREEMENT}' and '{TOTAL}' (bits)."
         )
+
+    def show_map(self, *_: Any) -> None:
+        """Show the chosen map (disagreement or total uncertainty) with its legend."""
+        kind = str(self._map.value)
+        shown = D.show_map(self._viewer, kind)
+        self.legend.value = D.legend_text(kind) if shown is not None else ""
 
     def _put(self, name: str, data: np.ndarray, box: Region | None, geometry: dict) -> Image:
         """Write ``data`` (or only its ``box``) into the Image layer ``name``, made if absent."""
         layer = self._find(name)
         if layer is None:
-            layer = self._viewer.add_image(
-                data, name=name, blending="additive", contrast_limits=(0, 1),
-                **_STYLE[name], **geometry,
-            )  # fmt: skip
+            style = {"contrast_limits": (0, 1), **_STYLE[name]}
+            layer = self._viewer.add_image(data, name=name, **style, **geometry)
         elif box is not None:
             layer.data[box] = data[box]
             layer.refresh()

@@ -2,13 +2,16 @@
 
 Dice, pairwise Dice, best-candidate Dice and the generalised energy distance (GED) of a stack of
 ``K`` candidates against ``R`` references, AUROC of an error detector, error rate by score
-decile. Candidates are ``(K, ...)`` probabilities or binary masks; references are ``(R, ...)``
+decile, and the same AUROC restricted to a band around the reference's boundary (where the
+errors of a good segmentation are, so a map cannot score well by only being 0 far away).
+Candidates are ``(K, ...)`` probabilities or binary masks; references are ``(R, ...)``
 binary masks (several annotators) or one ``(...)`` mask.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 
 def as_stack(x: np.ndarray, what: str) -> np.ndarray:
@@ -94,3 +97,69 @@ def error_rate_by_decile(score: np.ndarray, error: np.ndarray) -> list[float]:
     s, e = np.asarray(score).ravel(), np.asarray(error, bool).ravel()
     order = np.argsort(s, kind="stable")
     return [float(chunk.mean()) for chunk in np.array_split(e[order], 10)]
+
+
+def _slices(mask: np.ndarray) -> np.ndarray:
+    """``mask`` as ``(N, H, W)``: every 2D slice over the last two axes."""
+    m = np.asarray(mask, bool)
+    if m.ndim < 2:
+        raise ValueError(f"reference must be a 2D slice or a stack of them, got {m.shape}")
+    return m.reshape(-1, *m.shape[-2:])
+
+
+def boundary_band(reference: np.ndarray, width: float = 10) -> np.ndarray:
+    """Pixels within ``width`` of the reference's boundary, inside or outside, per 2D slice.
+
+    Distances are Euclidean in pixels, within each slice over the last two axes (the slices a
+    clinician reads): the distance transform of the mask (inside) and of its complement
+    (outside). Slices where the reference is empty or fills the slice have no band.
+
+    Args:
+        reference: ``(..., H, W)`` binary mask.
+        width: Band half-width in pixels (> 0).
+
+    Returns:
+        ``(..., H, W)`` bool.
+    """
+    if width <= 0:
+        raise ValueError(f"band width must be > 0 pixels, got {width}")
+    ref = _slices(reference)
+    band = np.zeros_like(ref)
+    for i, m in enumerate(ref):
+        if m.any() and not m.all():
+            inside, outside = ndimage.distance_transform_edt(m), ndimage.distance_transform_edt(~m)
+            band[i] = np.where(m, inside, outside) <= width
+    return band.reshape(np.shape(reference))
+
+
+def interior(reference: np.ndarray, width: float = 10) -> np.ndarray:
+    """The reference's pixels farther than ``width`` from its boundary (per 2D slice)."""
+    return np.asarray(reference, bool) & ~boundary_band(reference, width)
+
+
+def band_auroc(
+    score: np.ndarray, error: np.ndarray, reference: np.ndarray, width: float = 10
+) -> float:
+    """AUROC of ``score`` detecting ``error`` pixels within :func:`boundary_band` of ``reference``.
+
+    A map as error detector, judged where errors happen: near the boundary. All arrays have the
+    same shape ``(..., H, W)``.
+
+    Raises:
+        ValueError: Shapes differ, or the band holds no error or no correct pixel.
+    """
+    score, error = np.asarray(score), np.asarray(error, bool)
+    if not score.shape == error.shape == np.shape(reference):
+        raise ValueError(
+            f"score, error and reference shapes differ: {score.shape}, {error.shape},"
+            f" {np.shape(reference)}"
+        )
+    band = boundary_band(reference, width)
+    return auroc(score[band], error[band])
+
+
+def fraction_above(score: np.ndarray, where: np.ndarray, threshold: float = 0.5) -> float:
+    """Fraction of the pixels ``where`` with ``score > threshold`` (nan when ``where`` is empty)."""
+    where = np.asarray(where, bool)
+    n = int(where.sum())
+    return float((np.asarray(score)[where] > threshold).sum() / n) if n else float("nan")

@@ -124,6 +124,7 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.incontextButton, self.onInContext),
             (self.ui.correctSliceButton, self.onCorrectSlice),
             (self.ui.addCorrectedButton, self.onAddCorrected),
+            (self.ui.suggestButton, self.onSuggest),
             (self.ui.sampleButton, self.onSample),
             (self.ui.addTrainingButton, self.onAddTraining),
             (self.ui.clearTrainingButton, self.onClearTraining),
@@ -216,6 +217,7 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.visible = busy
         for name in ("segmentButton", "incontextButton", "sampleButton", "trainButton"):
             getattr(self.ui, name).enabled = not busy
+        self.ui.suggestButton.enabled = not busy
         self.ui.applyAdapterButton.enabled = not busy
         clicks = self.ui.backendComboBox.currentText in choices.CLICK_BACKENDS
         for name in ("correctSliceButton", "addCorrectedButton"):
@@ -320,6 +322,17 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._start("in-context", work, self._saying(write, logic.incontext_summary))
 
+    def onSuggest(self) -> None:
+        """Rank the unannotated slices; the view of the chosen orientation shows the best."""
+        from FMSegLib.suggest import suggest_iter, write_suggestion
+
+        with self._action(_("Suggestion failed.")):
+            logic, p = self._ensureLogic(), self._parameterNode
+            axis = logic.view_axis(p.inputVolume, p.view)
+            work = suggest_iter(logic, logic.read_volume(p.inputVolume), axis, p.backend)
+            write = partial(write_suggestion, volume_node=p.inputVolume, view=p.view)
+            self._start("next slice", work, self._saying(write))
+
     def _saying(self, write, describe=None):
         """A write step that then shows its message (or ``describe(result)``) as the status."""
 
@@ -359,14 +372,16 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._start("update", work, self._saying(write))
 
     def onSample(self) -> None:
-        """Draw plausible segmentations: a sequence, a mean and an entropy volume."""
+        """Draw plausible segmentations: a sequence, a mean and a disagreement map (shown)."""
         with self._action(_("Sampling failed.")):
             logic, p = self._ensureLogic(), self._parameterNode
+            from FMSegLib.uncertainty import write_and_show
+
             volume = p.inputVolume
             axis = logic.view_axis(volume, p.view)
             work = logic.sample_iter(logic.read_volume(volume), axis, p.sampler, p.samples)
-            write = partial(logic.write_uncertainty, volume_node=volume, name=volume.GetName())
-            self._start("sampling", work, write)
+            write = partial(write_and_show, scene=logic.scene, volume_node=volume)
+            self._start("sampling", work, self._saying(write))
 
     def _segmentArgs(self) -> tuple:
         p = self._parameterNode

@@ -15,12 +15,14 @@ from napari_helpers import SlowBackend, cone
 
 from fmseg.incontext import build_sampler
 from fmseg.registry import load_tiny
+from fmseg.uncertainty import uncertainty_map
 from fmseg.weights import WeightsError
 from napari_fmseg._uncertainty_widget import (
-    ENTROPY,
+    DISAGREEMENT,
     MEAN,
     OUTPUT_LAYER,
     SAMPLES,
+    TOTAL,
     UncertaintyWidget,
 )
 
@@ -100,26 +102,26 @@ def test_support_set_controls_are_the_in_context_ones(make_napari_viewer) -> Non
     assert widget._value.value == 3  # the commit label follows the label value
 
 
-def test_sample_volume_layers_and_entropy(make_napari_viewer, qtbot) -> None:
+def test_sample_volume_layers_and_maps(make_napari_viewer, qtbot) -> None:
     viewer, widget = _make(make_napari_viewer)
     annotations = viewer.layers["annotations"]
     before = annotations.data.copy()
     _add(viewer, widget, 2, 7, 12)
     _run(qtbot, widget, widget.sample_volume)
-    samples, mean, heat = _data(viewer, SAMPLES), _data(viewer, MEAN), _data(viewer, ENTROPY)
-    assert samples.shape == (4, *SHAPE) and mean.shape == heat.shape == SHAPE
+    samples, mean, heat = _data(viewer, SAMPLES), _data(viewer, MEAN), _data(viewer, DISAGREEMENT)
+    total = _data(viewer, TOTAL)
+    assert samples.shape == (4, *SHAPE) and mean.shape == heat.shape == total.shape == SHAPE
     assert tuple(viewer.layers[SAMPLES].scale) == (1.0, 2.0, 1.0, 1.0)
-    assert tuple(viewer.layers[ENTROPY].scale) == (2.0, 1.0, 1.0)
+    assert tuple(viewer.layers[DISAGREEMENT].scale) == (2.0, 1.0, 1.0)
     assert viewer.dims.ndim == 4  # a slider over the candidates
     assert 0 <= mean.min() and mean.max() <= 1 and heat.min() >= 0 and heat.max() <= 1
     np.testing.assert_allclose(mean, samples.mean(0), atol=1e-6)
-    assert tuple(viewer.layers[ENTROPY].contrast_limits) == (0, 1)
-    assert viewer.layers[ENTROPY].colormap.name == "inferno"
-    assert viewer.layers[ENTROPY].colorbar.visible
+    np.testing.assert_allclose(heat, uncertainty_map(samples, "disagreement"), atol=1e-6)
+    np.testing.assert_allclose(total, uncertainty_map(samples, "total"), atol=1e-6)
     _, _, distance = cone()
     boundary = heat[np.abs(distance) < 1].mean()
     inside, outside = heat[distance < -6].mean(), heat[distance > 6].mean()
-    assert boundary > 0.3 and boundary > 2 * max(inside, outside)  # 0.43 > 0.12, 0.04
+    assert boundary > 0.3 and boundary > 2 * max(inside, outside)  # 0.42 > 0.12, 0.04
     assert len({samples[i].tobytes() for i in range(4)}) > 1  # the candidates differ
     assert "4 candidates from nearest+tta" in widget.status.value
     assert widget._candidate.max == 3
@@ -129,6 +131,35 @@ def test_sample_volume_layers_and_entropy(make_napari_viewer, qtbot) -> None:
     _goto(viewer, 7)
     np.testing.assert_array_equal(annotations.data, before)  # only read
     assert [lay.name for lay in widget.panel._image.choices] == ["volume"]
+
+
+def test_disagreement_shown_by_default_transparent_at_zero_fixed_range(
+    make_napari_viewer, qtbot
+) -> None:
+    viewer, widget = _make(make_napari_viewer)
+    assert widget._map.value == "disagreement" and widget.legend.value == ""
+    _add(viewer, widget, 2, 7, 12)
+    _run(qtbot, widget, widget.sample_volume)
+    shown, hidden = viewer.layers[DISAGREEMENT], viewer.layers[TOTAL]
+    assert shown.visible and not hidden.visible and shown.colorbar.visible
+    for layer in (shown, hidden):
+        assert layer.blending == "translucent"  # no additive wash over the image
+        assert tuple(layer.contrast_limits) == (0, 1)  # bits, not the data range
+        assert layer.colormap.map(np.array([0.0]))[0, 3] == 0  # 0 bits: fully transparent
+        assert layer.colormap.map(np.array([1.0]))[0, 3] > 0.5
+    assert widget.legend.value == (
+        "disagreement (bits)\n0 = all candidates agree"
+        "\n1 bit = candidates split evenly between structure and background"
+    )
+    text = viewer.canvas.overlays["text"]
+    assert text.visible and text.text == widget.legend.value
+    shown.contrast_limits = (0, 0.05)  # a user's auto contrast
+    widget._map.value = "total"
+    assert hidden.visible and not shown.visible and not shown.colorbar.visible
+    assert widget.legend.value.startswith("total uncertainty (bits)\n0 = certain\n1 bit = ")
+    assert text.text == widget.legend.value
+    widget._map.value = "disagreement"
+    assert tuple(shown.contrast_limits) == (0, 1)  # back to the fixed range
 
 
 def test_sample_slice_changes_only_that_slice(make_napari_viewer, qtbot) -> None:
@@ -146,7 +177,7 @@ def test_sample_slice_changes_only_that_slice(make_napari_viewer, qtbot) -> None
     assert widget.diversity.value == "slice 6: not sampled"
     _add(viewer, widget, 2, 12)
     _run(qtbot, widget, widget.sample_volume)
-    before = {n: _data(viewer, n).copy() for n in (SAMPLES, MEAN, ENTROPY)}
+    before = {n: _data(viewer, n).copy() for n in (SAMPLES, MEAN, DISAGREEMENT, TOTAL)}
     widget.panel.clear()
     _add(viewer, widget, 12)  # a different support set: slice 6 changes
     _goto(viewer, 6)
@@ -227,7 +258,7 @@ def test_cancel_a_slow_run(make_napari_viewer, qtbot) -> None:
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert slow.calls < 4  # 16 slices in batches of 4
     assert widget.status.value == "sample volume cancelled: nothing was changed."
-    assert SAMPLES not in viewer.layers and ENTROPY not in viewer.layers
+    assert SAMPLES not in viewer.layers and DISAGREEMENT not in viewer.layers
 
 
 def test_weights_error_is_shown(make_napari_viewer, qtbot, errors) -> None:

@@ -81,25 +81,25 @@ def test_incontext_network_on_a_second_volume(scene, phantom):
     np.testing.assert_array_equal(mrml.segment_array(out, "ball", query), result.labels == 1)
 
 
-def test_uncertainty_samples_become_a_sequence_and_entropy_volume(scene, phantom):
+def test_uncertainty_samples_become_a_sequence_and_total_uncertainty_volume(scene, phantom):
     volume, truth = phantom
     logic = FMSegLogic(scene, load=load_tiny)
     logic.add_support(volume, _segmented(scene, logic, volume, truth), "ball", max_slices=3)
     samples = drain(logic.sample_iter(logic.read_volume(volume), 0, "tyche-small", k=3))
     assert samples.shape == (3, *truth.shape)
-    nodes = logic.write_uncertainty(samples, volume, "ball")
+    nodes = logic.write_uncertainty(samples, volume, "ball", kinds=("total",))
     assert nodes.samples.GetNumberOfDataNodes() == 3
     for s in range(3):
         item = nodes.samples.GetNthDataNode(s)
         np.testing.assert_allclose(mrml.volume_array(item), samples[s], atol=1e-6)
         np.testing.assert_allclose(mrml.ijk_to_ras(item), mrml.ijk_to_ras(volume), atol=1e-9)
     np.testing.assert_allclose(
-        mrml.volume_array(nodes.entropy), uncertainty.entropy(samples), atol=1e-6
+        mrml.volume_array(nodes.maps["total"]), uncertainty.entropy(samples), atol=1e-6
     )
     np.testing.assert_allclose(
         mrml.volume_array(nodes.mean), uncertainty.mean_probability(samples), atol=1e-6
     )
-    np.testing.assert_allclose(mrml.ijk_to_ras(nodes.entropy), mrml.ijk_to_ras(volume))
+    np.testing.assert_allclose(mrml.ijk_to_ras(nodes.maps["total"]), mrml.ijk_to_ras(volume))
     assert nodes.browser.GetMasterSequenceNode() is nodes.samples
 
 

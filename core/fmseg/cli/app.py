@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import adapt, incontext, models, segment, uncertainty
+from . import adapt, incontext, models, segment, suggest, uncertainty
 from .common import CliError, one_line
 
 #: In the order ``fmseg --help`` lists them.
-COMMANDS = (models, segment, incontext, adapt, uncertainty)
+COMMANDS = (models, segment, incontext, suggest, adapt, uncertainty)
 
 #: Errors that are the user's to fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (CliError, ValueError, OSError, RuntimeError, IndexError)
@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``fmseg`` parser with every sub-command; ``args.run(args)`` runs the chosen one."""
     p = argparse.ArgumentParser(
         prog="fmseg",
-        description="Command line: ``fmseg segment``, ``incontext``, ``uncertainty``, "
-        "``adapt``, ``models``.",
+        description="Command line: ``fmseg segment``, ``incontext``, ``suggest``, "
+        "``uncertainty``, ``adapt``, ``models``.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

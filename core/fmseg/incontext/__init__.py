@@ -25,11 +25,16 @@ from .segment import (
     volume_window,
 )
 from .stochastic import AugmentedSampler, TycheBackend, sample_slices_iter, sample_volume_iter
+from .suggest import Suggestion, Suggestions, suggest_slices, suggest_slices_iter
 from .support import SupportExample, SupportSet, normalise
 
 __all__ = [
     "BACKENDS",
     "SAMPLERS",
+    "Suggestion",
+    "Suggestions",
+    "suggest_slices",
+    "suggest_slices_iter",
     "AugmentedSampler",
     "TycheBackend",
     "build_sampler",

@@ -12,7 +12,8 @@ Arrays are ``(K, J, I)`` as ``slicer.util.arrayFromVolume`` gives them; :mod:`fm
 converts between them and RAS. Few-shot adapters live in :mod:`FMSegLib.adapters`
 (:class:`~FMSegLib.adapters.AdapterLogic`, a mixin of :class:`FMSegLogic`), corrective
 clicks on in-context results in :mod:`FMSegLib.corrections` (``CorrectionLogic``, another
-mixin).
+mixin), uncertainty outputs (samples, mean, disagreement / total uncertainty maps with their
+legends) in :mod:`FMSegLib.uncertainty`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import slicer
 
-from fmseg import Progress, Session, Window, coords, uncertainty
+from fmseg import Progress, Session, Window, coords
 from fmseg.incontext import (
     InContextResult,
     SupportSet,
@@ -37,12 +38,14 @@ from fmseg.incontext import (
 )
 from fmseg.progress import Work
 from fmseg.registry import ModelLoader, load_model
+from fmseg.uncertainty import DEFAULT_MAP
 from fmseg.window import intensity_window
 
 from . import markups, mrml
 from .adapters import AdapterFile, AdapterLogic
 from .corrections import CorrectionLogic, InContextRun
 from .markups import SlicePrompts
+from .uncertainty import UncertaintyNodes, write_uncertainty
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,16 +76,6 @@ class VolumeInput:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size along the array axes ``(K, J, I)``."""
         return coords.array_spacing(self.ijk_to_ras)
-
-
-@dataclass(frozen=True)
-class UncertaintyNodes:
-    """The nodes :meth:`FMSegLogic.write_uncertainty` creates."""
-
-    samples: Any
-    browser: Any
-    mean: Any
-    entropy: Any
 
 
 def support_slices(mask: np.ndarray, axis: int, max_slices: int) -> list[int]:
@@ -328,12 +321,12 @@ class FMSegLogic(AdapterLogic, CorrectionLogic):
             )
         )
 
-    def write_uncertainty(self, samples: np.ndarray, volume_node, name: str) -> UncertaintyNodes:
-        """Samples as a browsable sequence, plus mean-probability and entropy volumes."""
-        m = mrml.ijk_to_ras(volume_node)
-        sequence, browser = mrml.add_volume_sequence(self.scene, samples, m, f"{name} samples")
-        mean = mrml.add_scalar_volume(
-            self.scene, uncertainty.mean_probability(samples), m, f"{name} mean"
-        )
-        ent = mrml.add_scalar_volume(self.scene, uncertainty.entropy(samples), m, f"{name} entropy")
-        return UncertaintyNodes(sequence, browser, mean, ent)
+    def write_uncertainty(
+        self, samples: np.ndarray, volume_node, name: str, kinds=(DEFAULT_MAP,)
+    ) -> UncertaintyNodes:
+        """Samples as a sequence, the mean, and the maps ``kinds`` (default: disagreement).
+
+        ``kinds`` are names of :data:`fmseg.uncertainty.MAPS` (``"total"``: total uncertainty);
+        each map node carries its legend (:mod:`FMSegLib.uncertainty`).
+        """
+        return write_uncertainty(self.scene, samples, volume_node, name, kinds)
