@@ -3,8 +3,10 @@
 Targets and supports as in ``bench_incontext.py`` (interleaved protocol, 8 supports): LiTS-117
 liver (axis 0, evaluation half) and the 10 held-out AAL structures (axis 2). Queries: the
 non-support slices of each structure's extent where it is present (at most ``--queries`` per
-structure, evenly spaced). For each sampler (``K`` samples) and the deterministic
-``incontext-small``:
+structure, evenly spaced); with ``--groups`` also the corpus's held-out subjects and
+structures. For each sampler (``K`` samples) and each deterministic reference (default: the
+in-context default ``auto``, which also sees the interpolation of the supports, and
+``incontext-small``):
 
 * best-candidate Dice (max over samples) vs the deterministic Dice;
 * GED (d = 1 - Dice) of the samples vs GED of K copies of the deterministic prediction;
@@ -32,11 +34,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_incontext import DATA, load_targets, make_support, protocol_slices
+from bench_incontext import (
+    DATA,
+    GROUPS,
+    corpus_targets,
+    load_targets,
+    make_support,
+    protocol_slices,
+)
 from scipy import ndimage as ndi
 from torch.nn import functional as F
 
@@ -94,8 +104,8 @@ def map_scores(parts: list[dict], band: int) -> dict:
     return out
 
 
-def evaluate(sampler, det, targets: list[dict], n_queries: int, band: int = 10) -> dict:
-    """All metrics for one sampler against the deterministic backend."""
+def evaluate(sampler, dets: dict, targets: list[dict], n_queries: int, band: int = 10) -> dict:
+    """All metrics for one sampler against the deterministic backends ``{name: backend}``."""
     rows, ent_all, err_all, parts = [], [], [], []
     for t in targets:
         sup, qry = queries_for(t, n_queries)
@@ -104,22 +114,23 @@ def evaluate(sampler, det, targets: list[dict], n_queries: int, band: int = 10) 
         q = normalise(np.moveaxis(t["image"], t["axis"], 0)[qry], win)
         gt = np.moveaxis(t["labels"], t["axis"], 0)[qry] > 0
         samples = sampler.sample(sampler.prepare(supports), q)  # (K, N, H, W)
-        detp = det.predict(det.prepare(supports), q)
+        src = supports.positions[0][0] if supports.positions else None
+        pos = [(src, t["axis"], i) for i in qry] if src else None
+        detp = {n: d.predict(d.prepare(supports), q, pos) > 0.5 for n, d in dets.items()}
         for j in range(len(qry)):
-            s, d = samples[:, j], detp[j] > 0.5
-            copies = np.repeat(d[None], len(s), 0)
-            rows.append(
-                {
-                    "group": t["group"],
-                    "best": M.best_candidate_dice(s, gt[j]),
-                    "det": M.dice(d, gt[j]),
-                    "mean_dice": M.dice(U.mean_probability(s) > 0.5, gt[j]),
-                    "ged": M.ged(s, gt[j]),
-                    "ged_det": M.ged(copies, gt[j]),
-                    "diversity": U.diversity(s),
-                    "ratio": boundary_ratio(gt[j]),
-                }
-            )
+            s = samples[:, j]
+            row = {
+                "group": t["group"],
+                "best": M.best_candidate_dice(s, gt[j]),
+                "mean_dice": M.dice(U.mean_probability(s) > 0.5, gt[j]),
+                "ged": M.ged(s, gt[j]),
+                "diversity": U.diversity(s),
+                "ratio": boundary_ratio(gt[j]),
+            }
+            for name, d in detp.items():  # deterministic Dice; GED of K copies of it
+                row[f"det:{name}"] = M.dice(d[j], gt[j])
+                row[f"ged_det:{name}"] = M.ged(np.repeat(d[j][None], len(s), 0), gt[j])
+            rows.append(row)
             error = (U.mean_probability(s) > 0.5) != gt[j]
             ent_all.append(U.entropy(s).ravel())
             err_all.append(error.ravel())
@@ -128,15 +139,20 @@ def evaluate(sampler, det, targets: list[dict], n_queries: int, band: int = 10) 
             parts.append(part | {kind: U.uncertainty_map(s, kind) for kind in U.MAPS})
     out = summarise(rows, np.concatenate(ent_all), np.concatenate(err_all))
     out["maps"] = {"band_px": band}
-    for g in ("liver", "aal", "all"):
+    for g in _groups(rows):
         out["maps"][g] = map_scores([p for p in parts if g in ("all", p["group"])], band)
     return out
+
+
+def _groups(rows: list[dict]) -> list[str]:
+    """The groups present, in order of appearance, then ``all``."""
+    return list(dict.fromkeys(r["group"] for r in rows)) + ["all"]
 
 
 def summarise(rows: list[dict], ent: np.ndarray, err: np.ndarray) -> dict:
     """Means per group, diversity by boundary tercile, entropy AUROC."""
     out: dict = {}
-    for g in ("liver", "aal", "all"):
+    for g in _groups(rows):
         sel = [r for r in rows if g == "all" or r["group"] == g]
         out[g] = {k: round(float(np.mean([r[k] for r in sel])), 4) for k in sel[0] if k != "group"}
         out[g]["n"] = len(sel)
@@ -150,17 +166,17 @@ def summarise(rows: list[dict], ent: np.ndarray, err: np.ndarray) -> dict:
     return out
 
 
-def timing(sampler, det, target: dict, repeats: int) -> dict:
-    """Seconds for K samples vs one deterministic prediction of one 256x256 slice."""
+def timing(sampler, dets: dict, target: dict, repeats: int) -> dict:
+    """Seconds for K samples vs one prediction of each deterministic backend, one 256x256 slice."""
     sup, qry = queries_for(target, 1)
     supports = binary_supports(make_support(target, sup, False), None)
     q = normalise(np.moveaxis(target["image"], target["axis"], 0)[qry[:1]], target["window"])
     q = F.interpolate(torch.from_numpy(q)[None], (256, 256), mode="bilinear")[0].numpy()
-    st, dt = sampler.prepare(supports), det.prepare(supports)
-    runs = {
-        "samples_s": lambda: sampler.sample(st, q),
-        "deterministic_s": lambda: det.predict(dt, q),
-    }
+    st = sampler.prepare(supports)
+    pos = [(supports.positions[0][0], target["axis"], qry[0])] if supports.positions else None
+    runs = {"samples_s": lambda: sampler.sample(st, q)}
+    for name, det in dets.items():
+        runs[f"deterministic_s:{name}"] = partial(det.predict, det.prepare(supports), q, pos)
     if isinstance(sampler, TycheBackend):  # one pass of the same network with one candidate
         runs["one_candidate_s"] = lambda: sampler.sample(st, q, k=1)
     times: dict[str, list[float]] = {k: [] for k in runs}
@@ -170,7 +186,8 @@ def timing(sampler, det, target: dict, repeats: int) -> dict:
             run()
             times[key].append(time.perf_counter() - t0)
     out = {k: round(float(np.median(v)), 4) for k, v in times.items()}
-    out["ratio"] = round(out["samples_s"] / out["deterministic_s"], 2)
+    for name in dets:
+        out[f"ratio:{name}"] = round(out["samples_s"] / out[f"deterministic_s:{name}"], 2)
     if "one_candidate_s" in out:
         out["ratio_to_one_candidate"] = round(out["samples_s"] / out["one_candidate_s"], 2)
     return out
@@ -180,16 +197,20 @@ def main(argv: list[str] | None = None) -> dict:
     """Run and print JSON."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samplers", default="tyche-small,incontext-small+tta")
-    p.add_argument("--deterministic", default="incontext-small")
+    p.add_argument("--deterministic", default="auto,incontext-small", help="references")
+    p.add_argument("--groups", default="liver,aal,heldout-subjects,heldout-structures")
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--queries", type=int, default=12, help="query slices per structure")
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--band", type=int, default=10, help="boundary band (pixels) for AUROC")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    targets = load_targets(DATA)
-    det = build_backend(args.deterministic, device="cpu")
-    result: dict = {"k": args.k, "deterministic": args.deterministic, "queries": args.queries}
+    groups = args.groups.split(",")
+    targets = [t for t in load_targets(DATA) if t["group"] in groups]
+    targets += corpus_targets([g for g in groups if g not in GROUPS])
+    dets = {n: build_backend(n, device="cpu") for n in args.deterministic.split(",")}
+    result: dict = {"k": args.k, "deterministic": list(dets), "queries": args.queries}
+    result["groups"] = groups
     result["samplers"] = {}
     for name in args.samplers.split(","):
         try:
@@ -198,8 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["samplers"][name] = {"skipped": str(err)}
             continue
         t0 = time.perf_counter()
-        res = evaluate(sampler, det, targets, args.queries, args.band)
-        res["time"] = timing(sampler, det, targets[0], args.repeats)
+        res = evaluate(sampler, dets, targets, args.queries, args.band)
+        res["time"] = timing(sampler, dets, targets[0], args.repeats)
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         result["samplers"][name] = res
         print(name, json.dumps(res), flush=True)

