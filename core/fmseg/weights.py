@@ -79,8 +79,14 @@ def _download(url: str, sha256: str | None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                shutil.copyfileobj(resp, out, 1 << 20)
+        except OSError as err:  # URLError, timeouts, refused connections, a full disk
+            reason = getattr(err, "reason", err)
+            raise WeightsError(
+                f"could not download {url} ({reason}); pass a local copy with --checkpoint"
+            ) from None
         if sha256 is not None and sha256_of(tmp) != sha256:
             raise WeightsError(f"download of {url} failed its SHA-256 check")
         os.replace(tmp, target)

