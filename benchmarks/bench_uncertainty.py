@@ -203,6 +203,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--queries", type=int, default=12, help="query slices per structure")
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--band", type=int, default=10, help="boundary band (pixels) for AUROC")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="NAME@TAG=PATH",
+        help="also benchmark sampler NAME with other weights, reported as NAME@TAG",
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     groups = args.groups.split(",")
@@ -212,9 +219,11 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"k": args.k, "deterministic": list(dets), "queries": args.queries}
     result["groups"] = groups
     result["samplers"] = {}
-    for name in args.samplers.split(","):
+    extra = dict(c.split("=", 1) for c in args.checkpoint)
+    for name in args.samplers.split(",") + list(extra):
         try:
-            sampler = build_sampler(name, k=args.k, device="cpu")
+            base = name.split("@", 1)[0]
+            sampler = build_sampler(base, k=args.k, device="cpu", checkpoint=extra.get(name))
         except (WeightsError, KeyError) as err:
             result["samplers"][name] = {"skipped": str(err)}
             continue
