@@ -5,7 +5,7 @@ Part of the In-context tool (:class:`~._incontext_widget.InContextWidget` holds 
 along the slicing axis (:func:`fmseg.incontext.suggest.suggest_slices_iter`, in the worker,
 with the tool's backend), jumps the viewer to the best one and says why on the status line.
 The result segmented from every support along the way goes into the "in-context" output layer
-(undoable). After the clinician annotates that slice, **Add it & suggest next** adds it to the
+(undoable). After the clinician annotates that slice, **Add it and suggest next** adds it to the
 support set and runs the suggestion again, which also updates the result.
 """
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 #: ``() -> (backend name, getter)``: the getter builds or reuses the backend (in the worker).
 BackendChoice = Callable[[], tuple[str, Callable[[], "Backend"]]]
-_ROW = (("Next slice to annotate", "suggest"), ("Add it & suggest next", "add_and_suggest"))
+_ROW = (("Next slice to annotate", "suggest"), ("Add it and suggest next", "add_and_suggest"))
 _TIPS = {
     "suggest": "rank the slices not annotated yet (disagreement, distance from annotations, "
     "predicted extent) and show the best one",
@@ -115,7 +115,7 @@ class SuggestPanel(mw.Container):
         self.jump(image, res.axis, best.index)
         self.status.say(
             f"Next slice to annotate: {best.index} (axis {res.axis}): {best.reason}. "
-            f"Annotate it, then 'Add it & suggest next'. ({name}, {len(res.annotated)} "
+            f"Annotate it, then 'Add it and suggest next'. ({name}, {len(res.annotated)} "
             f"annotated, {self.seconds:.1f} s; the result is in '{self._output.name}'.)"
         )
 
