@@ -100,6 +100,12 @@ def corpus_targets(groups: list[str]) -> list[dict]:
     return out
 
 
+def targets_for(groups: list[str]) -> list[dict]:
+    """Liver and AAL targets when either group is asked for, then the corpus groups asked for."""
+    targets = load_targets(DATA) if set(groups) & set(GROUPS) else []
+    return targets + corpus_targets([g for g in groups if g in CORPUS_GROUPS])
+
+
 def make_backend(name: str, checkpoints: dict[str, str]):
     """A backend by name, or ``NAME`` of ``--checkpoint NAME=PATH``.
 
@@ -156,8 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     groups = args.groups.split(",")
     checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
-    targets = load_targets(DATA) if set(groups) & set(GROUPS) else []
-    targets += corpus_targets([g for g in groups if g in CORPUS_GROUPS])
+    targets = targets_for(groups)
     groups = [g for g in groups if any(t["group"] == g for t in targets)]
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict = {

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_incontext import CORPUS_GROUPS, DATA, GROUPS, TITLES, corpus_targets, load_targets
+from bench_incontext import CORPUS_GROUPS, GROUPS, TITLES, targets_for
 
 from fmseg.incontext import SupportSet, add_slice, build_backend, segment_volume_iter
 from fmseg.incontext.segment import volume_source
@@ -256,9 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.limit, args.max_slices, args.seeds = args.limit or 1, 8, 2
     groups = args.groups.split(",")
-    targets = load_targets(DATA) if set(groups) & set(GROUPS) else []
-    targets += corpus_targets([g for g in groups if g in CORPUS_GROUPS])
-    targets = [t for t in targets if t["group"] in groups]
+    targets = [t for t in targets_for(groups) if t["group"] in groups]
     if args.limit:
         targets = [t for g in groups for t in [t for t in targets if t["group"] == g][: args.limit]]
     global _TARGETS

@@ -39,14 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_incontext import (
-    DATA,
-    GROUPS,
-    corpus_targets,
-    load_targets,
-    make_support,
-    protocol_slices,
-)
+from bench_incontext import make_support, protocol_slices, targets_for
 from scipy import ndimage as ndi
 from torch.nn import functional as F
 
@@ -213,8 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     groups = args.groups.split(",")
-    targets = [t for t in load_targets(DATA) if t["group"] in groups]
-    targets += corpus_targets([g for g in groups if g not in GROUPS])
+    targets = [t for t in targets_for(groups) if t["group"] in groups]
     dets = {n: build_backend(n, device="cpu") for n in args.deterministic.split(",")}
     result: dict = {"k": args.k, "deterministic": list(dets), "queries": args.queries}
     result["groups"] = groups
