@@ -81,3 +81,17 @@ def roi_around(scene, volume, truth, k, margin=2.0):
     roi.SetCenter(*vtk_ijk_to_ras(volume, (lo + hi) / 2))
     roi.SetSize(*((hi - lo) * np.array(coords.array_spacing(m)))[::-1])
     return roi
+
+
+def annotated_logic(scene, phantom, max_slices: int, load=None):
+    """``(logic, volume)``: a Logic whose support set holds ``max_slices`` slices of the ball."""
+    from FMSegLib.logic import FMSegLogic
+
+    from fmseg.registry import load_tiny
+
+    volume, truth = phantom
+    logic = FMSegLogic(scene, load=load or load_tiny)
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    logic.write_segment(seg, "ball", truth, volume)
+    logic.add_support(volume, seg, "ball", max_slices=max_slices)
+    return logic, volume

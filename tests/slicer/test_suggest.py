@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from fmseg.registry import load_tiny
+from slicer_helpers import annotated_logic  # first: skips this module without slicer-core
 
 pytestmark = pytest.mark.slicer
 
-logic_module = pytest.importorskip("FMSegLib.logic")
+pytest.importorskip("FMSegLib.logic")
 from FMSegLib import suggest  # noqa: E402
-
-FMSegLogic = logic_module.FMSegLogic
-
-
-def _annotated(scene, phantom, slices=4):
-    volume, truth = phantom
-    logic = FMSegLogic(scene, load=load_tiny)
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    logic.write_segment(seg, "ball", truth, volume)
-    logic.add_support(volume, seg, "ball", max_slices=slices)
-    return logic, volume
 
 
 def _slice_node(scene):
@@ -35,7 +23,7 @@ def _slice_node(scene):
 
 
 def test_suggest_returns_indices_and_reasons_and_moves_the_view(scene, phantom):
-    logic, volume = _annotated(scene, phantom, slices=2)  # slices 3 and 9 of 3..9
+    logic, volume = annotated_logic(scene, phantom, 2)  # slices 3 and 9 of 3..9
     annotated = sorted(e.index for e in logic.support.examples)
     assert annotated == [3, 9]
     view = _slice_node(scene)
@@ -53,7 +41,7 @@ def test_suggest_returns_indices_and_reasons_and_moves_the_view(scene, phantom):
 def test_suggest_iter_follows_the_support_set(scene, phantom):
     from fmseg import drain
 
-    logic, volume = _annotated(scene, phantom, slices=3)
+    logic, volume = annotated_logic(scene, phantom, 3)
     res = drain(suggest.suggest_iter(logic, logic.read_volume(volume), 0, "interpolation", "ball"))
     assert res.label == 1 and res.annotated == sorted(e.index for e in logic.support.examples)
     said = suggest.write_suggestion(res, volume)  # no slice views in this scene: says only

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from slicer_helpers import ball  # first: skips this module without slicer-core
+from slicer_helpers import annotated_logic, ball  # first: skips this module without slicer-core
 
 from fmseg import drain, uncertainty
 from fmseg.registry import load_tiny
@@ -19,11 +19,7 @@ FMSegLogic = logic_module.FMSegLogic
 
 
 def _samples(scene, phantom, k=3):
-    volume, truth = phantom
-    logic = FMSegLogic(scene, load=load_tiny)
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
-    logic.write_segment(seg, "ball", truth, volume)
-    logic.add_support(volume, seg, "ball", max_slices=3)
+    logic, volume = annotated_logic(scene, phantom, 3)
     samples = drain(logic.sample_iter(logic.read_volume(volume), 0, "tyche-small", k=k))
     return logic, volume, samples
 
