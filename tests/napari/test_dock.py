@@ -224,8 +224,9 @@ class Ticks:
 
 
 def test_gui_thread_never_blocks_while_jobs_run(make_napari_viewer, qtbot) -> None:
-    # Training, applying, sampling and committing run in workers; the GUI thread only copies
-    # the changed box in. What napari itself does on the GUI thread when a layer is made
+    # Training, applying, sampling, committing, in-context segmenting and ranking the next slice
+    # run in workers; the GUI thread only copies the changed box in. What napari itself does on
+    # the GUI thread when a layer is made
     # (layer controls, vispy visuals: 0.1-0.3 s per layer here) happens before the clock.
     import torch._dynamo  # noqa: F401  # its first import (by the optimiser) holds the GIL
 
@@ -251,6 +252,8 @@ def test_gui_thread_never_blocks_while_jobs_run(make_napari_viewer, qtbot) -> No
             ("apply", adapt.apply_volume, adapt),
             ("sample", uncertainty.sample_volume, uncertainty),
             ("commit", uncertainty.commit_mean, uncertainty),
+            ("segment", dock.incontext.segment, dock.incontext),
+            ("suggest", dock.incontext.suggestions.suggest, dock.incontext),
         ):
             t0 = time.perf_counter()
             run()
@@ -260,5 +263,7 @@ def test_gui_thread_never_blocks_while_jobs_run(make_napari_viewer, qtbot) -> No
     assert adapt.adapter is not None and "Trained in" in statuses["train"], statuses
     assert statuses["apply"].startswith("apply to volume: "), statuses
     assert statuses["commit"].startswith("Committed mean > 0.5 on every sampled slice"), statuses
+    assert statuses["segment"].startswith("segment volume: "), statuses
+    assert statuses["suggest"].startswith("Next slice to annotate: "), statuses
     assert spans["train"] > 0.3 and sum(spans.values()) > 1.0, spans  # blocking would show
     assert ticks.longest < 0.25, (ticks.longest, spans)  # 100 ms period + a loaded CI
