@@ -12,12 +12,18 @@ Protocols, Dice at probability 0.5 in slice pixels, mean over targets:
 * ``box``: the tight ground-truth box, then 0..5 corrective clicks added to the box prompt;
   entry ``i`` is after ``i`` clicks.
 
+Groups (``--groups``): ``liver``, ``tumour``, ``aal`` (the legacy held-out slices above,
+``liver_parenchyma`` comes with ``liver``) and the corpus's held-out split,
+``heldout-subjects`` and ``heldout-structures`` (``click_targets.py``: 4 slices per 3D target,
+the largest component on each).
+
 Methods: ``original`` (LiteMedSAM), ``trained`` (litemedsam-points overlay, or ``--weights``),
 ``modelfree`` (the original's prediction from the box, or from the first click, edited by
 :func:`fmseg.training.clicks.refine_with_click` for every further click) and
 ``modelfree_trained`` (the same on the trained model's prediction). Usage::
 
-    PYTHONPATH=core python benchmarks/bench_clicks.py [--weights PATH] [--limit N]
+    PYTHONPATH=core python benchmarks/bench_clicks.py [--weights PATH] [--limit N] \
+        [--groups liver,tumour,aal,heldout-subjects,heldout-structures]
 """
 
 from __future__ import annotations
@@ -37,11 +43,19 @@ from fmseg.training import clicks as ck
 from fmseg.training.embed_cache import evaluation_keys, load_cached, slice_targets
 from fmseg.weights import WeightsSource, apply_state_dict, load_state_dict
 
+try:
+    from click_targets import CORPUS_GROUPS, corpus_click_targets
+except ImportError:  # imported as benchmarks.bench_clicks
+    from benchmarks.click_targets import CORPUS_GROUPS, corpus_click_targets
+
+LEGACY_GROUPS = ("liver", "tumour", "aal")
+
 BASE = {
     "original": "original",
     "trained": "trained",
     "modelfree": "original",
     "modelfree_trained": "trained",
+    "consistent_trained": "trained",
 }
 
 
@@ -79,6 +93,29 @@ def click_session(pred, timer, emb, gt, n_clicks, first, box=None, mask_input=Tr
     return dices
 
 
+def consistent_session(pred, timer, emb, gt, n_clicks, first, box=None) -> list[float]:
+    """Decoder re-run on every click, then every click so far enforced model-free.
+
+    After each decode the clicks (in order) are applied with
+    :func:`fmseg.training.clicks.refine_with_click` to the decoder's mask and probability, so
+    a click the decoder ignored still changes the mask; clicks it obeyed change nothing.
+    """
+    prompts = Prompts(box=box) if box is not None else Prompts((first,))
+    out = timer.run(pred, emb, prompts)
+    mask = out.mask()
+    dices = [ck.dice(mask, gt)]
+    for _ in range(n_clicks):
+        click = ck.error_click(gt, mask)
+        if click is not None:
+            prompts = prompts.with_point(click)
+            out = timer.run(pred, emb, prompts, out.low_res_logits)
+            mask = out.mask()
+            for pt in prompts.points:
+                mask = ck.refine_with_click(out.prob, mask, pt)
+        dices.append(ck.dice(mask, gt))
+    return dices
+
+
 def modelfree_session(prob: np.ndarray, gt: np.ndarray, n_clicks: int, timer: Timer) -> list[float]:
     """Dice of a prediction edited by ``n_clicks`` model-free corrective clicks (timed)."""
     mask = prob > 0.5
@@ -94,23 +131,31 @@ def modelfree_session(prob: np.ndarray, gt: np.ndarray, n_clicks: int, timer: Ti
     return dices
 
 
-def load_targets(limit: int | None, rng: np.random.Generator) -> list[tuple]:
-    """``(group, CachedSlice, gt, first click)`` of every held-out target (``limit`` per group).
+def load_targets(
+    limit: int | None, rng: np.random.Generator, groups=LEGACY_GROUPS, pred=None
+) -> list[tuple]:
+    """``(group, SliceEmbedding, gt, first click)`` of every held-out target (``limit`` per group).
 
     Group ``liver_parenchyma`` repeats the liver targets with the first click at the centre of
     the largest liver-parenchyma region (label 1) instead of the centre of liver + tumour, which
     often lies on a tumour (clicks protocol only).
     """
     out: dict[str, list] = {}
-    for key in evaluation_keys():
+    dev = pred.device if pred is not None else "cpu"
+    for key in evaluation_keys() if set(groups) & set(LEGACY_GROUPS) else []:
         cs = load_cached(key)
+        emb = SliceEmbedding(cs.features.float().to(dev), cs.frame)
         for kind, mask in slice_targets(key, cs.label, heldout=True):
-            out.setdefault(kind, []).append((kind, cs, mask, ck.first_click(mask)))
+            if kind not in groups:
+                continue
+            out.setdefault(kind, []).append((kind, emb, mask, ck.first_click(mask)))
             if kind == "liver":
                 first = ck.first_click(ck.largest_component(cs.label == 1))
                 out.setdefault("liver_parenchyma", []).append(
-                    (kind + "_parenchyma", cs, mask, first)
+                    (kind + "_parenchyma", emb, mask, first)
                 )
+    for row in corpus_click_targets([g for g in groups if g in CORPUS_GROUPS], pred):
+        out.setdefault(row[0], []).append(row)
     rows = []
     for items in out.values():
         if limit and len(items) > limit:
@@ -119,9 +164,9 @@ def load_targets(limit: int | None, rng: np.random.Generator) -> list[tuple]:
     return rows
 
 
-def trained_model(weights: Path):
+def trained_model(weights: Path, base=None, device="cpu"):
     """LiteMedSAM with the overlay at ``weights`` applied."""
-    model = load_model("litemedsam", device="cpu")
+    model = load_model("litemedsam", checkpoint=base, device=device)
     state = load_state_dict(WeightsSource("file", str(weights), key="model"))
     apply_state_dict(model, state, strict=False, what="overlay")
     return model
@@ -155,6 +200,11 @@ def sessions(method: str, pred: SamPredictor, timer: Timer, emb, gt, first, box:
             prob = pred.predict(emb, Prompts(box=Box.from_mask(gt))).prob
             out["box"] = modelfree_session(prob, gt, n, timer)
         return out
+    if method.startswith("consistent"):
+        out["clicks"] = consistent_session(pred, timer, emb, gt, n - 1, first)
+        if box:
+            out["box"] = consistent_session(pred, timer, emb, gt, n, first, Box.from_mask(gt))
+        return out
     out["clicks"] = click_session(pred, timer, emb, gt, n - 1, first, mask_input=feed)
     if box:
         out["box"] = click_session(pred, timer, emb, gt, n, first, Box.from_mask(gt), feed)
@@ -163,17 +213,20 @@ def sessions(method: str, pred: SamPredictor, timer: Timer, emb, gt, first, box:
 
 def run(args: argparse.Namespace) -> dict:
     """Evaluate all methods; returns the JSON-ready summary."""
-    targets = load_targets(args.limit, np.random.default_rng(0))
     methods = args.methods.split(",")
+    base, dev = args.base_checkpoint, args.device
     predictors = {}
     if any(BASE[m] == "original" for m in methods):
-        predictors["original"] = SamPredictor(load_model("litemedsam", device="cpu"))
+        predictors["original"] = SamPredictor(load_model("litemedsam", checkpoint=base, device=dev))
     if any(BASE[m] == "trained" for m in methods):
-        predictors["trained"] = SamPredictor(trained_model(args.weights))
+        predictors["trained"] = SamPredictor(trained_model(args.weights, base, dev))
+    groups = args.groups.split(",")
+    targets = load_targets(
+        args.limit, np.random.default_rng(0), groups, next(iter(predictors.values()))
+    )
     results: dict = {m: {} for m in methods}
     timers = {m: Timer() for m in methods}
-    for group, cs, gt, first in targets:
-        emb = SliceEmbedding(cs.features.float(), cs.frame)
+    for group, emb, gt, first in targets:
         for m in methods:
             box = group != "liver_parenchyma"
             res = sessions(m, predictors[BASE[m]], timers[m], emb, gt, first, box, args)
@@ -196,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="targets per group at most")
     p.add_argument("--no-mask-input", action="store_true", help="do not feed logits back")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--groups", default=",".join(LEGACY_GROUPS), help="comma-separated")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--base-checkpoint", type=Path, default=None, help="LiteMedSAM tensors")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

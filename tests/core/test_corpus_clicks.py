@@ -177,3 +177,45 @@ def test_click_training_leaves_out_the_click_benchmarks_lits_slices():
     keys = record_keys(rec, step=1, synth_prob=0.0)
     assert keys and all(k.index < 12 for k in keys if k.axis == 0)
     assert all(k.index < LITS_ZSPLIT for k in keys if k.axis == 2)
+
+
+def test_every_round_recipe_trains_and_validates(records, tmp_path, one_thread):
+    """SAM's interactive recipe: every mode gives a finite loss with gradients on the decoder
+    only; a validation split keeps a real slice and its synthetic copy on the same side."""
+    from fmseg.training import points_recipe as recipe
+    from fmseg.training.train_points import split_keys
+
+    torch.manual_seed(0)
+    model = load_model("litemedsam", tiny=True, device="cpu")
+    keys = cs.training_keys(records, step=2, synth_prob=1.0)
+    ensure_cached(
+        keys,
+        model.image_encoder,
+        batch=4,
+        root=tmp_path,
+        log=False,
+        inputs=cs.CorpusSlices(records),
+    )
+    train, val = split_keys(tmp_path, "corpus", 0.3)
+    assert val and train and not {k.name for k in train} & {k.name for k in val}
+    sides = {}
+    for k in train + val:
+        sides.setdefault((k.record, k.axis, k.index), set()).add(k in val)
+    assert all(len(s) == 1 for s in sides.values())
+    feats, groups = load_training_set(tmp_path, keys=train)
+    targets = [t for ts in groups.values() for t in ts][:3]
+    gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32))
+    batch = feats[[t.slice_id for t in targets]].float()
+    rng = np.random.default_rng(0)
+    model.train()
+    for mode, k in (("box", 0), ("clicks", 3), ("box+clicks", 2)):
+        model.zero_grad()
+        loss, dice = recipe.iterative_step(model, batch, targets, gt, mode, k, True, rng)
+        loss.backward()
+        assert torch.isfinite(loss) and dice.shape == (3,)
+        assert model.mask_decoder.iou_prediction_head.layers[0].weight.grad is not None
+    assert recipe.rounds_of("box+clicks", 2) == 3 and recipe.rounds_of("clicks", 3) == 3
+    vfeats, vgroups = load_training_set(tmp_path, keys=val)
+    res = recipe.validate(model, vfeats, [t for ts in vgroups.values() for t in ts])
+    assert set(res) == {"click1", "click3", "box", "n"} and res["n"] > 0
+    assert all(0.0 <= res[m] <= 1.0 for m in ("click1", "click3", "box"))

@@ -232,8 +232,9 @@ def ensure_cached(
     t0, done = time.perf_counter(), 0
     for chunk in _batches(todo, batch):
         items = [inputs(k, size) for k in chunk]
+        dev = next(encoder.parameters()).device
         with torch.inference_mode():
-            feats = encoder(torch.cat([it.x for it in items])).half()
+            feats = encoder(torch.cat([it.x for it in items]).to(dev)).half().cpu()
         for key, f, it in zip(chunk, feats, items, strict=True):
             entry = {"features": f.clone(), "label": torch.from_numpy(it.label)}
             entry |= {"shape": tuple(it.label.shape), "size": size, **it.meta}
@@ -307,6 +308,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", type=Path, default=CACHE_DIR, help="embedding cache folder")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--base-checkpoint",
+        type=Path,
+        default=None,
+        help="LiteMedSAM tensors to use instead of the registry's package",
+    )
     p.add_argument("--dry-run", action="store_true", help="only count the slices")
     return p.parse_args(argv)
 
@@ -338,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     from ..registry import load_model
 
-    model = load_model("litemedsam", device="cpu")
+    model = load_model("litemedsam", checkpoint=args.base_checkpoint, device=args.device)
     ensure_cached(keys, model.image_encoder, batch=args.batch, root=args.root, inputs=inputs)
 
 

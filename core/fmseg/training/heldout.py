@@ -65,6 +65,7 @@ def _targets(rec: Record, image, values: list[int], group: str, window) -> list[
                     labels=mask.astype(np.int32),
                     axis=axis,
                     window=window,
+                    spacing=tuple(float(x) for x in rec.spacing),
                 )
             )
     return out

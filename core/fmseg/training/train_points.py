@@ -36,13 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from ..interactive.prompts import Box, Point
+from ..interactive.prompts import Box
 from . import clicks as ck
 from . import corpus_slices as cs
+from . import points_recipe as recipe
 from .corpus import add_data_argument
 from .embed_cache import CACHE_DIR, MIN_PX, CachedSlice, load_cached, slice_targets, training_keys
+from .points_recipe import jittered_box, loss_fn, points_tensor, predicted_masks
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "litemedsam_points.pt"
 PARTS = ("prompt_encoder.", "mask_decoder.")
@@ -128,40 +129,6 @@ def load_training_set(
     return torch.stack(feats), groups
 
 
-def jittered_box(t: Target, rng: np.random.Generator, max_px: float = 5.0) -> np.ndarray:
-    """``(4,)`` model-frame box: the target's box, each side moved outwards or in by 0-5 px."""
-    b = t.box + rng.uniform(-max_px, max_px, 4) * (rng.random() < 0.8)
-    h, w = t.shape
-    b = np.clip(b, 0, [w - 1, h - 1, w - 1, h - 1])
-    x0, x1 = sorted((b[0], b[2]))
-    y0, y1 = sorted((b[1], b[3]))
-    sx, sy = t.scale
-    return np.array([x0 * sx, y0 * sy, max(x1, x0 + 1) * sx, max(y1, y0 + 1) * sy], np.float32)
-
-
-def points_tensor(clicks: list[list[Point]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample click lists -> ``(B, N, 2)`` xy and ``(B, N)`` labels, padded with -1."""
-    n = max(1, max(len(c) for c in clicks))
-    xy = torch.zeros(len(clicks), n, 2)
-    lab = torch.full((len(clicks), n), -1, dtype=torch.long)
-    for i, cl in enumerate(clicks):
-        for j, p in enumerate(cl):
-            xy[i, j] = torch.tensor([p.x, p.y])
-            lab[i, j] = int(p.positive)
-    return xy, lab
-
-
-def predicted_masks(logits: torch.Tensor, targets: list[Target]) -> list[np.ndarray]:
-    """``(B, 1, 256, 256)`` logits -> boolean masks with the padding area cleared."""
-    out = []
-    for lg, t in zip(logits[:, 0].numpy() > 0, targets, strict=True):
-        m = np.zeros_like(lg)
-        h, w = round(t.shape[0] * t.scale[1]), round(t.shape[1] * t.scale[0])
-        m[:h, :w] = lg[:h, :w]
-        out.append(m)
-    return out
-
-
 def simulate_prompts(model, feats, targets, mode, k, use_mask, rng):
     """Prompts for the final (gradient) forward of one step.
 
@@ -169,9 +136,9 @@ def simulate_prompts(model, feats, targets, mode, k, use_mask, rng):
         ``points`` (``(B, N, 2)``, ``(B, N)``) or None, ``boxes`` ``(B, 4)`` or None and
         ``mask_in`` ``(B, 1, 256, 256)`` or None.
     """
-    boxes = None
+    boxes, dev = None, feats.device
     if mode != "clicks":
-        boxes = torch.from_numpy(np.stack([jittered_box(t, rng) for t in targets]))
+        boxes = torch.from_numpy(np.stack([jittered_box(t, rng) for t in targets])).to(dev)
     if mode == "box":
         return None, boxes, None
     if mode == "clicks":
@@ -183,31 +150,18 @@ def simulate_prompts(model, feats, targets, mode, k, use_mask, rng):
         rounds = [1] * k
     logits = None
     for n_new in rounds:
-        pts = points_tensor(clicks) if any(clicks) else None
+        pts = _on(points_tensor(clicks), dev) if any(clicks) else None
         mask_in = logits if use_mask else None
         with torch.no_grad():
             logits = model.decode(feats, pts, boxes, mask_in)[0]
         for cl, t, pred in zip(clicks, targets, predicted_masks(logits, targets), strict=True):
             cl += ck.error_clicks(t.gt, pred, n_new)
     mask_in = logits if (use_mask and logits is not None) else None
-    return points_tensor(clicks), boxes, mask_in
+    return _on(points_tensor(clicks), dev), boxes, mask_in
 
 
-def loss_fn(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor):
-    """BCE + soft Dice on ``(B, 1, S, S)`` logits, + MSE of the ``(B, 1)`` IoU head.
-
-    Returns:
-        The scalar loss and the ``(B,)`` hard Dice.
-    """
-    bce = F.binary_cross_entropy_with_logits(logits, gt)
-    p = torch.sigmoid(logits).flatten(1)
-    g = gt.flatten(1)
-    soft = 1 - (2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)
-    hard = (logits > 0).float().flatten(1)
-    inter = (hard * g).sum(1)
-    iou = inter / ((hard + g).clamp(max=1).sum(1) + 1e-6)
-    dice = 2 * inter / (hard.sum(1) + g.sum(1) + 1e-6)
-    return bce + soft.mean() + F.mse_loss(iou_pred[:, 0], iou), dice
+def _on(pts: tuple[torch.Tensor, torch.Tensor], dev) -> tuple[torch.Tensor, torch.Tensor]:
+    return pts[0].to(dev), pts[1].to(dev)
 
 
 def sample_batch(
@@ -247,6 +201,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-lr", type=float, default=2e-5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--base-checkpoint",
+        type=Path,
+        default=None,
+        help="LiteMedSAM tensors to start from instead of the registry's package",
+    )
+    p.add_argument(
+        "--recipe",
+        choices=("final", "every-round"),
+        default="final",
+        help="loss on the last round only (simulated rounds without gradients), or on every "
+        "round of the episode (SAM's interactive recipe)",
+    )
+    p.add_argument(
+        "--val-frac",
+        type=float,
+        default=0.0,
+        help="corpus: share of slices held back to validate (1 click, 3 clicks, box)",
+    )
     p.add_argument(
         "--mode-probs",
         type=float,
@@ -311,17 +285,30 @@ def train_step(model, opt, feats_all, groups, args, rng) -> dict:
     mode = MODES[rng.choice(3, p=np.array(args.mode_probs) / sum(args.mode_probs))]
     k = click_count(mode, rng, args.one_click)
     targets = sample_batch(groups, args.batch, rng, args.weights)
-    feats = feats_all[[t.slice_id for t in targets]].float()
-    gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32))
+    dev = torch.device(args.device)
+    feats = feats_all[[t.slice_id for t in targets]].to(dev).float()
+    gt = torch.from_numpy(np.stack([t.gt for t in targets])[:, None].astype(np.float32)).to(dev)
     use_mask = mode != "box" and rng.random() < args.mask_prob
-    pts, boxes, mask_in = simulate_prompts(model, feats, targets, mode, k, use_mask, rng)
-    logits, iou = model.decode(feats, pts, boxes, mask_in)
-    loss, dice = loss_fn(logits, iou, gt)
+    if args.recipe == "every-round":
+        loss, dice = recipe.iterative_step(model, feats, targets, gt, mode, k, use_mask, rng)
+    else:
+        pts, boxes, mask_in = simulate_prompts(model, feats, targets, mode, k, use_mask, rng)
+        logits, iou = model.decode(feats, pts, boxes, mask_in)
+        loss, dice = loss_fn(logits, iou, gt)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
     opt.step()
     return {"mode": f"{mode}{k or ''}", "loss": float(loss.detach()), "dice": float(dice.mean())}
+
+
+def split_keys(root: Path, data: str, val_frac: float) -> tuple[list | None, list]:
+    """Training and validation keys of the cache (``(None, [])``: legacy, no validation)."""
+    if data != "corpus" or val_frac <= 0:
+        return None, []
+    keys = cs.cached_keys(root)
+    val = [k for k in keys if recipe.is_validation(k, val_frac)]
+    return [k for k in keys if not recipe.is_validation(k, val_frac)], val
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -333,15 +320,23 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    feats_all, groups = load_training_set(args.cache, args.data)
+    train_keys, val_keys = split_keys(args.cache, args.data, args.val_frac)
+    feats_all, groups = load_training_set(args.cache, args.data, train_keys)
+    feats_all = feats_all.to(args.device)
+    val_feats, val_targets = None, []
+    if val_keys:
+        val_feats, val_groups = load_training_set(args.cache, args.data, val_keys)
+        val_targets = [t for ts in val_groups.values() for t in ts]
+        print(f"validation: {len(val_feats)} slices, {len(val_targets)} targets", flush=True)
     counts = {g: len(v) for g, v in groups.items()}
     print(f"{len(feats_all)} slices; targets: {counts}; weights: {args.weights}", flush=True)
     if unweighted := [g for g in groups if groups[g] and g not in args.weights]:
         print(f"groups never drawn (no weight): {unweighted}", flush=True)
-    model = load_model("litemedsam", device="cpu").train()
+    model = load_model("litemedsam", checkpoint=args.base_checkpoint, device="cpu").train()
     if args.init is not None:
         state = load_state_dict(WeightsSource("file", str(args.init), key="model"))
         apply_state_dict(model, state, strict=False, what=str(args.init))
+    model = model.to(args.device)
     model.image_encoder.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if n.startswith(PARTS)]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
@@ -360,10 +355,15 @@ def main(argv: list[str] | None = None) -> None:
         if time.perf_counter() - last_ckpt > args.ckpt_every:
             save_overlay(model, args.out, {"steps": step, "seconds": round(elapsed)})
             last_ckpt = time.perf_counter()
-            print(f"step {step} t={elapsed:.0f}s checkpoint", flush=True)
+            val = recipe.validate(model, val_feats, val_targets) if val_targets else {}
+            log.write(json.dumps({"step": step, "t": round(elapsed, 1), "val": val}) + "\n")
+            print(f"step {step} t={elapsed:.0f}s checkpoint {val}", flush=True)
     elapsed = time.perf_counter() - t0
-    save_overlay(model, args.out, {"steps": step, "seconds": round(elapsed), "args": str(args)})
-    print(f"done: {step} steps in {elapsed:.0f} s -> {args.out}")
+    val = recipe.validate(model, val_feats, val_targets) if val_targets else {}
+    meta = {"steps": step, "seconds": round(elapsed), "args": str(args), "val": val}
+    save_overlay(model, args.out, meta)
+    log.write(json.dumps({"step": step, "t": round(elapsed, 1), "val": val, "final": True}) + "\n")
+    print(f"done: {step} steps in {elapsed:.0f} s -> {args.out}; validation {val}", flush=True)
 
 
 if __name__ == "__main__":
