@@ -1,5 +1,8 @@
 """napari reader, labels writer and sample data for fmseg (npe2 contributions; no Qt here).
 
+A DICOM series opens as one image: a folder of DICOM files, or one ``.dcm`` file of the series
+(read by :func:`fmseg.io.load_volume` in ``(column, row, slice)`` order with its RAS affine).
+
 Axis convention: files are read by :func:`fmseg.io.load_volume` in file order ``(x, y, z)``;
 napari layers get the axes reversed, ``(z, y, x)``, so that napari's slider scrolls axial slices
 (for the usual axial acquisitions), with ``scale`` the reversed voxel spacing. Each layer's
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from fmseg.coords import array_spacing, ijk_to_world_matrix
+from fmseg.dicom import is_dicom
 from fmseg.io import SUPPORTED_EXTENSIONS, load_volume, save_labels
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
@@ -36,11 +40,21 @@ CT_WINDOW = (-160.0, 240.0)
 _LABEL_HINTS = ("label", "seg", "mask")
 
 
-def _is_supported(path: str) -> bool:
-    return isinstance(path, str | Path) and str(path).lower().endswith(SUPPORTED_EXTENSIONS)
+def _is_dicom(path: str | Path) -> bool:
+    return isinstance(path, str | Path) and is_dicom(path)
+
+
+def _is_supported(path: str | Path) -> bool:
+    return isinstance(path, str | Path) and (
+        str(path).lower().endswith(SUPPORTED_EXTENSIONS) or _is_dicom(path)
+    )
 
 
 def _layer_name(path: Path) -> str:
+    if path.is_dir():
+        return path.name
+    if path.suffix.lower() == ".dcm":
+        return path.parent.name
     name = path.name
     for ext in SUPPORTED_EXTENSIONS:
         if name.lower().endswith(ext):
@@ -49,13 +63,14 @@ def _layer_name(path: Path) -> str:
 
 
 def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
-    """npe2 reader hook: return a reader if every path is a NIfTI or NRRD file.
+    """npe2 reader hook: return a reader if every path is a NIfTI/NRRD file or DICOM series.
 
     Args:
-        path: One path or a list of paths.
+        path: One path or a list of paths: ``.nii``, ``.nii.gz``, ``.nrrd`` files, folders of
+            DICOM files, or ``.dcm`` files (each opens its whole series).
 
     Returns:
-        :func:`read_volumes`, or ``None`` if some path is not ``.nii``, ``.nii.gz`` or ``.nrrd``.
+        :func:`read_volumes`, or ``None`` if some path is none of these.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
     if not paths or not all(_is_supported(p) for p in paths):
@@ -70,7 +85,7 @@ def volume_layer(path: str | Path) -> LayerDataTuple:
     else an image layer (the shipped sample CT with an abdominal window).
 
     Args:
-        path: NIfTI or NRRD file.
+        path: NIfTI or NRRD file, a DICOM series folder, or one ``.dcm`` file of a series.
 
     Returns:
         ``(data, kwargs, layer_type)`` with ``data`` in ``(z, y, x)`` order.
@@ -102,7 +117,7 @@ def volume_layer(path: str | Path) -> LayerDataTuple:
 
 
 def read_volumes(path: str | Sequence[str]) -> list[LayerDataTuple]:
-    """Read one or several NIfTI/NRRD files (the function :func:`get_reader` returns).
+    """Read NIfTI/NRRD files and DICOM series (the function :func:`get_reader` returns).
 
     Args:
         path: One path or a list of paths.
@@ -111,7 +126,15 @@ def read_volumes(path: str | Sequence[str]) -> list[LayerDataTuple]:
         One layer-data tuple per file.
     """
     paths = [path] if isinstance(path, str | Path) else list(path)
-    return [volume_layer(p) for p in paths]
+    # several files of one DICOM series (a multi-file drop) open that series once
+    seen: set[tuple[Path, str]] = set()
+    unique = []
+    for p in paths:
+        key = (Path(p).parent, "dicom") if Path(p).suffix.lower() == ".dcm" else (Path(p), "")
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return [volume_layer(p) for p in unique]
 
 
 def _fallback_affine(meta: dict[str, Any], ndim: int) -> np.ndarray:

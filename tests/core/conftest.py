@@ -26,3 +26,4 @@ def sphere_volume() -> np.ndarray:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FMSEG_CACHE", os.fspath(tmp_path / "cache"))
+    monkeypatch.setenv("FMSEG_OFFLINE", "1")  # weights: never a network download in tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,3 +21,16 @@ def errors(monkeypatch) -> list[str]:
     shown: list[str] = []
     monkeypatch.setattr(_controls, "show_error", shown.append)
     return shown
+
+
+@pytest.fixture(autouse=True)
+def _embeddings_in_memory(monkeypatch):
+    """No disk cache of embeddings: stand-in encoders must never be stored under real keys."""
+    monkeypatch.setenv("FMSEG_EMBEDDING_DISK", "0")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """fmseg's cache (adapter embeddings, fetched weights) in the test's folder, never online."""
+    monkeypatch.setenv("FMSEG_CACHE", os.fspath(tmp_path / "cache"))
+    monkeypatch.setenv("FMSEG_OFFLINE", "1")

@@ -63,3 +63,10 @@ def phantom(scene):
     rng = np.random.default_rng(0)
     image = truth * 200.0 + rng.normal(0, 10, truth.shape)
     return add_volume(scene, image), truth
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """fmseg's cache (adapter embeddings, fetched weights) in the test's folder, never online."""
+    monkeypatch.setenv("FMSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FMSEG_OFFLINE", "1")

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..adapters.trainer import TrainStep
+from ..device import choose_device
 from ..progress import Progress
 
 
@@ -34,9 +35,27 @@ def add_window(parser: argparse.ArgumentParser, help_text: str | None = None) ->
     parser.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help=help_text)
 
 
+def device_choice(text: str) -> str | None:
+    """Argument type of ``--device``: refuses what :func:`fmseg.device.choose_device` refuses.
+
+    Returns ``None`` for ``auto`` (the model loaders then choose, and say what they chose),
+    else the name given.
+    """
+    try:
+        choose_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return None if text.strip().lower() == "auto" else text.strip().lower()
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     """``--device``, alike in every command."""
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--device",
+        type=device_choice,
+        default="auto",
+        help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps",
+    )
 
 
 def parse_slices(text: str) -> list[int]:

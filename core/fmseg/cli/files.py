@@ -15,6 +15,7 @@ import numpy as np
 
 from ..adapters.api import AdapterError, read_adapter
 from ..adapters.facade import labelled_slices
+from ..dicom import is_dicom
 from ..incontext import SupportSet, add_slice
 from ..io import SUPPORTED_EXTENSIONS, Volume, load_volume, volume_format
 from .common import CliError, one_line, parse_slices
@@ -74,20 +75,29 @@ def _raised_in(err: BaseException, module: str) -> bool:
 
 
 def read_volume(path: str, what: str = "image") -> Volume:
-    """:func:`fmseg.io.load_volume` with one-line errors: ``cannot read image 'x.nii': ...``."""
-    _require_file(path, what)
+    """:func:`fmseg.io.load_volume` with one-line errors: ``cannot read image 'x.nii': ...``.
+
+    A folder (or a ``.dcm`` file) is read as a DICOM series.
+    """
+    if Path(path).is_dir() and not is_dicom(path):
+        raise CliError(f"cannot read {what} '{path}': it is a folder with no DICOM files")
+    if not Path(path).is_dir():
+        _require_file(path, what)
     try:
-        volume_format(path)
+        if not is_dicom(path):
+            volume_format(path)
     except ValueError:
         raise CliError(
-            f"cannot read {what} '{path}': not a NIfTI/NRRD file (use {', '.join(VOLUME)})"
+            f"cannot read {what} '{path}': not a NIfTI/NRRD file or DICOM series "
+            f"(use {', '.join(VOLUME)}, or a DICOM folder)"
         ) from None
     try:
         return load_volume(path)
     except MemoryError:
         raise
     except Exception as err:
-        if isinstance(err, ValueError) and _raised_in(err, load_volume.__module__):
+        ours = _raised_in(err, load_volume.__module__) or _raised_in(err, is_dicom.__module__)
+        if isinstance(err, ValueError) and ours:
             why = one_line(err).removeprefix(f"{Path(path)}: ")
             raise CliError(f"cannot use {what} '{path}': {why}") from None
         why = "the file is corrupt or not a NIfTI/NRRD file"
