@@ -110,6 +110,9 @@ class AdapterWidget(mw.Container):
             "(apply then needs a rectangle per slice in the 'boxes' Shapes layer)"
         )
         self._steps = mw.SpinBox(label="steps", min=1, max=100_000, value=TrainSettings.steps)
+        limit = facade.default_time_limit() or 0  # the core's rule: 60 s on CPU, none on GPU
+        self._time_limit = mw.FloatSpinBox(label="time limit (s)", max=86_400, step=10, value=limit)
+        self._time_limit.tooltip = "stop after this many seconds, keep the best state (0: none)"
         self._lr = mw.FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-6)
         self._lr.native.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)
         self.plot = TrainingPlot()  # public: tests read its points
@@ -121,7 +124,8 @@ class AdapterWidget(mw.Container):
         self.extend(
             [self._image, self._annotations, self._label, self._axis, self._whole, rows[0]]
             + [qt_panel("training list", self.pair_list), self._base, self._method]
-            + [self._where, self._head, self._steps, self._lr, rows[1], self.jobs.bar]
+            + [self._where, self._head, self._steps, self._time_limit, self._lr, rows[1]]
+            + [self.jobs.bar]
             + [qt_panel("", self.plot), self.info, rows[2], self._boxes, rows[3], self.status]
         )
         self._method.changed.connect(self._on_method)
@@ -219,7 +223,8 @@ class AdapterWidget(mw.Container):
     def settings(self) -> TrainSettings:
         """Training settings from the controls (the core's rules for the rest)."""
         method = str(self._method.value)
-        return facade.default_settings(method, int(self._steps.value), float(self._lr.value))
+        steps, lr, limit = int(self._steps.value), float(self._lr.value), self._time_limit.value
+        return facade.default_settings(method, steps, lr, time_limit=float(limit) or None)
 
     def config(self) -> AdapterConfig:
         """The adapter configuration from the controls, checked by the core."""
@@ -262,7 +267,11 @@ class AdapterWidget(mw.Container):
     def _on_trained(self, result: AdaptResult) -> None:
         self.adapter, self.history, self.metrics = result.model, result.history, result.metrics()
         self._show_adapter()
-        self.status.say(f"Trained in {result.wall_s:.1f} s: Save adapter, or apply it to an image.")
+        why = f", stopped by the {result.stopped}" if result.stopped else ""
+        self.status.say(
+            f"Trained in {result.wall_s:.1f} s ({result.steps_run} steps{why}): Save adapter, or "
+            "apply it to an image."
+        )
 
     def _show_adapter(self) -> None:
         self.info.value = describe_adapter(self.adapter, self.metrics)

@@ -242,3 +242,21 @@ def test_volumetric_base(make_napari_viewer, qtbot) -> None:
     widget.apply_volume()
     _wait(qtbot, widget)
     assert viewer.layers[OUTPUT_LAYER].data.shape == (16, 40, 40)
+
+
+def test_time_limit_field(make_napari_viewer, qtbot, monkeypatch) -> None:
+    from fmseg.adapters import trainer
+
+    viewer, widget = _make(make_napari_viewer, steps=50, method="linear-probe")
+    assert widget._time_limit.value == (facade.default_time_limit() or 0)
+    assert widget.settings().time_limit == facade.default_time_limit()
+    widget._time_limit.value = 0
+    assert widget.settings().time_limit is None  # 0: no limit
+    widget._time_limit.value = 2.5
+    assert widget.settings().time_limit == 2.5
+    clock = iter(range(10_000))  # a fake clock: one second per reading
+    monkeypatch.setattr(trainer, "clock", lambda: float(next(clock)))
+    assert widget.add_pair()
+    _train(qtbot, widget)
+    assert widget.metrics["steps_run"] == 3 and widget.metrics["stopped"] == "time limit"
+    assert "stopped by the time limit" in widget.status.value

@@ -255,3 +255,35 @@ def test_lora_on_the_encoder_with_the_prompt_free_head(segmented, tmp_path):
     assert (info.method, info.head) == ("lora", "auto")
     mask = drain(logic.apply_adapter_iter(logic.read_volume(volume), info))
     assert mask.shape == truth.shape
+
+
+def test_time_limit_reaches_training_and_the_summary(segmented, tmp_path, monkeypatch):
+    # The Widget passes the parameter node's adapterTimeLimit; 0 means no limit.
+    from fmseg.adapters import trainer
+    from fmseg.adapters.facade import CPU_TIME_LIMIT
+
+    volume, _, logic, seg = segmented
+    ann = logic.read_annotation(volume, seg, "ball")
+    clock = iter(range(10_000))  # a fake clock: one second per reading
+    monkeypatch.setattr(trainer, "clock", lambda: float(next(clock)))
+    path = tmp_path / "quick.pt"
+    opts = {**FAST, "steps": 30}
+    trained = drain(
+        logic.train_adapter_iter([ann], path, "litemedsam", "linear-probe", time_limit=2.5, **opts)
+    )
+    assert trained.metrics["steps_run"] == 3 and "stopped by the time limit" in trained.summary()
+    unlimited = drain(
+        logic.train_adapter_iter([ann], path, "litemedsam", "linear-probe", time_limit=0, **opts)
+    )
+    assert unlimited.metrics["steps_run"] > 3 and not unlimited.metrics["stopped"]
+    # The Widget's default is the core's CPU default (FMSeg.py loads before fmseg exists).
+    import ast
+    from pathlib import Path
+
+    source = Path(adapters.__file__).parents[1] / "FMSeg.py"
+    fields = {
+        n.target.id: n.value
+        for n in ast.walk(ast.parse(source.read_text()))
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    assert ast.literal_eval(fields["adapterTimeLimit"]) == CPU_TIME_LIMIT

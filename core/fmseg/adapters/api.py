@@ -94,7 +94,14 @@ def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings
     """The feeder matching ``model`` (2D slices or 3D patches) for ``annotations``."""
     if isinstance(model, SamAdapted):
         samples = slice_samples(annotations, model.net.img_size, window=model.window)
-        return SliceFeeder(model, samples, settings.val_fraction, settings.augment, settings.seed)
+        return SliceFeeder(
+            model,
+            samples,
+            settings.val_fraction,
+            settings.augment,
+            settings.seed,
+            disk_cache=settings.cache_embeddings,
+        )
     multiple = model.multiple
     samples = [volume_sample(a, grid_mm(model.base_id), multiple) for a in annotations]
     sparse = [a for a in annotations if a.slices is not None]  # the axis matters only here

@@ -37,6 +37,7 @@ from .trainer import TrainSettings
 
 __all__ = [
     "HEADS",
+    "CPU_TIME_LIMIT",
     "THRESHOLD",
     "WHERES",
     "adapter_bases",
@@ -45,6 +46,7 @@ __all__ = [
     "apply_iter",
     "base_dims",
     "default_settings",
+    "default_time_limit",
     "labelled_slices",
     "resolve_config",
 ]
@@ -55,6 +57,8 @@ WHERES = ("decoder", "encoder", "both")
 HEADS = ("auto", "box")
 #: Foreground probability above which a voxel joins the segment.
 THRESHOLD = 0.5
+#: Default training budget in seconds on CPU (None on a GPU: the step count limits it).
+CPU_TIME_LIMIT = 60.0
 
 
 def adapter_bases() -> tuple[str, ...]:
@@ -147,8 +151,24 @@ def _either(choices: Sequence[str]) -> str:
     return " or ".join(f"'{c}'" for c in choices)
 
 
+def default_time_limit(device: str | None = None) -> float | None:
+    """Seconds of training by default: :data:`CPU_TIME_LIMIT` on CPU, None on a GPU.
+
+    ``device`` None means the device training will pick (CUDA when available).
+    """
+    import torch
+
+    on_gpu = str(device).startswith("cuda") or (device is None and torch.cuda.is_available())
+    return None if on_gpu else CPU_TIME_LIMIT
+
+
 def default_settings(
-    method: str, steps: int | None = None, lr: float | None = None, **options
+    method: str,
+    steps: int | None = None,
+    lr: float | None = None,
+    time_limit: float | None | str = "default",
+    device: str | None = None,
+    **options,
 ) -> TrainSettings:
     """Training settings for ``method``: its learning rate, validation about 20 times a run.
 
@@ -156,6 +176,9 @@ def default_settings(
         method: Method string; its first method's rate is used when ``lr`` is None.
         steps: Maximum steps (None: :class:`TrainSettings`' default).
         lr: Learning rate (None: the method's default, filled in so front ends can show it).
+        time_limit: Seconds of training; ``"default"``: :func:`default_time_limit` for
+            ``device``; None or 0: no limit.
+        device: Device training runs on (picks the default time limit).
         **options: More :class:`TrainSettings` fields; they override the rules here.
     """
     steps = TrainSettings.steps if steps is None else int(steps)
@@ -164,6 +187,9 @@ def default_settings(
     # Early stopping after at least 40 steps without progress: short runs validate often,
     # and a patience of a few validations would stop them while the head warms up.
     options.setdefault("patience", max(5, math.ceil(40 / every)))
+    if time_limit == "default":
+        time_limit = default_time_limit(device)
+    options["time_limit"] = float(time_limit) if time_limit else None
     settings = TrainSettings(steps=steps, lr=lr, **options)
     return replace(settings, lr=settings.learning_rate(method))
 

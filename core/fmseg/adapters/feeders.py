@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..interactive.predictor import SamPredictor
 from ..progress import Progress, Work
-from ..registry import get_spec
 from .bases import SamAdapted, VolumeAdapted, crop_levels
 from .data import SliceSample, VolumeSample
+from .embed_store import embedder_of
 
 
 def split_indices(n: int, fraction: float, gen: torch.Generator) -> tuple[list[int], list[int]]:
@@ -37,6 +36,8 @@ class SliceFeeder:
         seed: Split seed.
         embeddings: Shared ``id(sample) -> (C, h, w)`` embedding cache (e.g. across runs of a
             benchmark on the same samples); filled here when the encoder is frozen.
+        disk_cache: Keep the embeddings of these slices on disk by content hash and reuse
+            them in later runs (see :mod:`fmseg.adapters.embed_store`).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class SliceFeeder:
         augment: bool = True,
         seed: int = 0,
         embeddings: dict[int, torch.Tensor] | None = None,
+        disk_cache: bool = True,
     ) -> None:
         if model.head_kind == "box":
             samples = [s for s in samples if s.box is not None]
@@ -58,19 +60,23 @@ class SliceFeeder:
         self.val = [samples[i] for i in val]
         self.embeddings = {} if embeddings is None else embeddings
         self.use_cache = model.cacheable
+        self.disk_cache = disk_cache
         self._val_batches: list[dict] | None = None  # built once, after prepare()
 
     def prepare(self) -> Work[None]:
-        """Embed every slice once when the encoder is frozen (yields progress)."""
+        """Embed every slice once when the encoder is frozen (yields progress).
+
+        Embeddings come from the model's content-hash cache (memory, then disk) when these
+        exact slices were embedded before; the encoder runs only on the others.
+        """
         if not self.use_cache:
             return
         todo = [s for s in self.train + self.val if id(s) not in self.embeddings]
         if not todo:
             return
-        # The frozen encoder runs on the interactive fast path (fused, ONNX Runtime on CPU).
-        predictor = SamPredictor(self.model.net, get_spec(self.model.base_id).normalisation)
+        embed = embedder_of(self.model, self.disk_cache)
         for i, s in enumerate(todo):
-            self.embeddings[id(s)] = predictor.embed_batch(s.image[None])[0].clone()
+            self.embeddings[id(s)] = embed(s.image[None], persist=self.disk_cache)[0]
             yield Progress(i + 1, len(todo), "embedding annotated slices")
 
     def _collate(self, samples: Sequence[SliceSample], gen: torch.Generator | None) -> dict:

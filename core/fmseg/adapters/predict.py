@@ -8,32 +8,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..interactive.predictor import SamPredictor
 from ..interactive.prompts import Box
 from ..progress import Progress, Work
-from ..registry import get_spec
 from ..transforms import SliceFrame, prepare_slice
 from ..validation import check_volume
 from ..window import WindowLike, intensity_window
 from .bases import AdaptedModel, SamAdapted, decode_by_patches
 from .data import grid_mm, to_model_grid
+from .embed_store import embedder_of
 from .sliding import pad_to_multiple, sliding_window_iter
 
 
 def _embedder(model: SamAdapted):
     """``(slice, window, spacing) -> (batch, frame)``; a frozen encoder runs on the fast path.
 
-    With the image encoder untouched by the adapter, embeddings come from a
-    :class:`~fmseg.interactive.predictor.SamPredictor` (fused copy, ONNX Runtime on CPU when
-    installed), the same path interactive segmentation uses; otherwise the adapted encoder runs
-    in torch.
+    With the image encoder untouched by the adapter, embeddings come from the model's
+    :class:`~fmseg.adapters.embed_store.SliceEmbedder` (content-hash cache in front of the
+    interactive fast path): slices embedded for training, or by an earlier apply of the same
+    model, are not embedded again. Otherwise the adapted encoder runs in torch.
     """
     if model.cacheable:
-        predictor = SamPredictor(model.net, get_spec(model.base_id).normalisation)
+        embedder = embedder_of(model)
 
         def fast(img, window, sp):
-            emb = predictor.embed(img, window, sp)
-            return {"embedding": emb.features}, emb.frame
+            x, frame = embedder.predictor.preprocess(img, window, sp)
+            return {"embedding": embedder(x)}, frame
 
         return fast
 

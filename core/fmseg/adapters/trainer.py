@@ -33,6 +33,10 @@ DEFAULT_LR = {
 }
 
 
+#: The trainer's clock (seconds); tests replace it with a fake one.
+clock = time.perf_counter
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
@@ -51,7 +55,10 @@ class TrainSettings:
         seed: Seed for sampling, augmentation and initialisation.
         augment: Random intensity/flip/box-jitter augmentation.
         patch: 3D patch side (multiple of 16).
-        time_limit: Stop after this many seconds (None: no limit).
+        time_limit: Stop after this many seconds of training (None: no limit); the state
+            kept is validated once more when time runs out.
+        cache_embeddings: 2D, frozen encoder: keep training-slice embeddings on disk by
+            content hash and reuse them in later runs.
     """
 
     steps: int = 200
@@ -64,6 +71,7 @@ class TrainSettings:
     augment: bool = True
     patch: int = 64
     time_limit: float | None = None
+    cache_embeddings: bool = True
 
     def learning_rate(self, method: str) -> float:
         """The configured rate, or the default of the first method named in ``method``."""
@@ -102,6 +110,8 @@ class AdaptResult:
         wall_s: Training time in seconds (after caching).
         trainable: Trainable parameters per method.
         ranks: ARENA's effective rank per wrapped layer (empty for other methods).
+        stopped: Why training ended before ``steps``: ``"time limit"``, ``"early stopping"``
+            or ``""`` (all steps run).
     """
 
     model: AdaptedModel
@@ -111,6 +121,7 @@ class AdaptResult:
     wall_s: float = 0.0
     trainable: dict[str, int] = field(default_factory=dict)
     ranks: list[int] = field(default_factory=list)
+    stopped: str = ""
 
     def metrics(self) -> dict:
         """Summary numbers for checkpoints and reports."""
@@ -121,6 +132,7 @@ class AdaptResult:
             "trainable": self.trainable,
             "final_loss": self.history[-1]["loss"] if self.history else None,
             "arena_ranks": self.ranks,
+            "stopped": self.stopped,
         }
 
 
@@ -211,27 +223,34 @@ def train_iter(model: AdaptedModel, feeder, settings: TrainSettings) -> Work:
     gen = torch.Generator().manual_seed(settings.seed)
     result = AdaptResult(model)
     best, best_state, stale, val, kept_dice = -math.inf, model.adapter_state(), 0, None, None
-    start = time.perf_counter()
+    start = clock()
     model.eval()  # the base stays in eval mode: norm statistics must not change
+
+    def check(loss: float) -> float | None:
+        nonlocal best, best_state, stale, kept_dice
+        checked = _validate(model, feeder)
+        # Early stopping on the validation loss: Dice is flat at 0 while a head warms up.
+        score = -checked[1] if checked is not None else -loss
+        if score > best:
+            best, best_state, stale = score, model.adapter_state(), 0
+            kept_dice = None if checked is None else checked[0]
+        else:
+            stale += 1
+        return None if checked is None else checked[0]
+
     for step in range(1, settings.steps + 1):
         loss = _step(model, feeder, optimiser, settings, gen)
-        if step % settings.eval_every == 0 or step == settings.steps:
-            checked = _validate(model, feeder)
-            val = None if checked is None else checked[0]
-            # Early stopping on the validation loss: Dice is flat at 0 while a head warms up.
-            score = -checked[1] if checked is not None else -loss
-            if score > best:
-                best, best_state, stale, kept_dice = score, model.adapter_state(), 0, val
-            else:
-                stale += 1
+        out_of_time = bool(settings.time_limit) and clock() - start > settings.time_limit
+        if step % settings.eval_every == 0 or step == settings.steps or out_of_time:
+            val = check(loss)  # also when time runs out: the last steps count
         result.history.append({"step": step, "loss": loss, "val_dice": val})
         result.steps_run = step
         yield TrainStep(step, settings.steps, f"step {step}: loss {loss:.3f}", loss, val)
-        out_of_time = settings.time_limit and time.perf_counter() - start > settings.time_limit
         if stale >= settings.patience or out_of_time:
+            result.stopped = "time limit" if out_of_time else "early stopping"
             break
     model.load_state_dict(best_state, strict=False)
-    result.wall_s = time.perf_counter() - start
+    result.wall_s = clock() - start
     result.best_val_dice = kept_dice
     result.ranks = M.arena_ranks(model)
     return result

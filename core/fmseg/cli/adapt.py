@@ -16,7 +16,14 @@ import sys
 
 from ..adapters.api import save_adapter, train_adapter_iter
 from ..adapters.data import Annotation
-from ..adapters.facade import HEADS, WHERES, adapter_bases, default_settings, resolve_config
+from ..adapters.facade import (
+    CPU_TIME_LIMIT,
+    HEADS,
+    WHERES,
+    adapter_bases,
+    default_settings,
+    resolve_config,
+)
 from ..adapters.methods import METHODS
 from ..adapters.trainer import TrainSettings
 from ..progress import drain
@@ -42,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--where", choices=WHERES, help="part PEFT acts on (default: one that fits)")
     s.add_argument("--head", choices=HEADS, help="2D bases: default the head that fits the method")
     s.add_argument("--steps", type=int, help=f"maximum steps (default {TrainSettings.steps})")
+    s.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help=f"stop training after SECONDS (default {CPU_TIME_LIMIT:g} on CPU, none on a GPU; "
+        "0: no limit); the best state validated so far is kept",
+    )
     s.add_argument("--lr", type=float, help="learning rate (default: per method)")
     s.add_argument("--rank", type=int, default=4, help="LoRA / ARENA rank")
     s.add_argument("--seed", type=int, default=0)
@@ -72,7 +86,17 @@ def run(args: argparse.Namespace) -> dict:
     config = resolve_config(
         args.base, args.method, args.where, args.head, rank=args.rank, alpha=2 * args.rank
     )
-    settings = default_settings(args.method, args.steps, args.lr, seed=args.seed, patch=args.patch)
+    if args.time_limit is not None and args.time_limit < 0:
+        raise ValueError(f"--time-limit must be 0 (no limit) or more, got {args.time_limit:g}")
+    settings = default_settings(
+        args.method,
+        args.steps,
+        args.lr,
+        "default" if args.time_limit is None else args.time_limit,
+        args.device,
+        seed=args.seed,
+        patch=args.patch,
+    )
     work = train_adapter_iter(
         _annotations(args),
         args.base,

@@ -105,6 +105,7 @@ class TrainedAdapter:
         dice = m.get("best_val_dice")
         text = f"adapter saved to {self.path} ({m.get('steps_run')} steps"
         text += "" if m.get("final_loss") is None else f", final loss {m['final_loss']:.3f}"
+        text += f", stopped by the {m['stopped']}" if m.get("stopped") else ""
         return text + ("" if dice is None else f", validation Dice {dice:.3f}") + ")"
 
 
@@ -218,6 +219,7 @@ class AdapterLogic:
         lr: float | None = None,
         where: str | None = None,
         head: str | None = None,
+        time_limit: float | None | str = "default",
         **settings,
     ) -> Work[TrainedAdapter]:
         """Train an adapter on annotated volumes, then save it to ``path`` atomically.
@@ -237,6 +239,8 @@ class AdapterLogic:
                 None: the first that fits, see :func:`fmseg.adapters.facade.allowed_wheres`).
             head: 2D head (None: the one that fits, see
                 :func:`fmseg.adapters.facade.allowed_heads`).
+            time_limit: Seconds of training (``"default"``: the core's default for this
+                Logic's device, 60 s on CPU; None or 0: no limit).
             **settings: More :class:`TrainSettings` fields (``batch_size``, ``patch``, ...).
 
         Raises:
@@ -254,7 +258,8 @@ class AdapterLogic:
                 dataclasses.replace(a, axis=axis) if a.slices is None else a for a in annotations
             ]
         work = api.train_adapter_iter(
-            list(annotations), base, config, default_settings(method, steps, lr, **settings),
+            list(annotations), base, config,
+            default_settings(method, steps, lr, time_limit, self.device, **settings),
             device=self.device, window=training_window(annotations), load=self.load,
         )  # fmt: skip
         try:
