@@ -16,10 +16,12 @@ import numpy as np
 
 from fmseg import Window, get_spec
 from fmseg.interactive.prompts import Box, Point, Prompts
+from fmseg.interactive.scribbles import scribble_points
 
 #: Names of the layers the Segment tool manages.
 PROMPTS_LAYER = "fmseg prompts"
 BOX_LAYER = "fmseg box"
+SCRIBBLE_LAYER = "fmseg scribbles"
 OBJECT_LAYER = "fmseg object"
 LABELS_LAYER = "fmseg labels"
 #: Output layers of the In-context, Uncertainty and Adapt tools.
@@ -124,29 +126,95 @@ def clip_box(box: Box, shape: tuple[int, int]) -> Box:
     )
 
 
+def scribbles_on_slice(
+    shapes: Sequence[np.ndarray],
+    kinds: Sequence[str],
+    positive: Sequence[bool] | np.ndarray | None,
+    index: int,
+) -> tuple[tuple[Point, ...], tuple | None]:
+    """Clicks of the scribbles (paths) and the last lasso (polygon) drawn on slice ``index``.
+
+    Args:
+        shapes: Vertex arrays of the scribbles Shapes layer, ``(V, 3)`` ``(z, y, x)`` or
+            ``(V, 2)``.
+        kinds: Their shape types (``"path"`` scribbles, ``"polygon"`` lassos; others ignored).
+        positive: Their ``positive`` feature (None: all positive).
+        index: Slice along axis 0.
+
+    Returns:
+        ``(clicks along the scribbles in drawing order, lasso (x, y) vertices or None)``.
+    """
+    flags = np.ones(len(shapes), bool) if positive is None else np.asarray(positive, bool)
+    points: tuple[Point, ...] = ()
+    lasso = None
+    for vertices, kind, sign in zip(shapes, kinds, flags, strict=True):
+        zyx = as_zyx(vertices)
+        if not len(zyx) or not np.all(slice_indices(zyx) == index):
+            continue
+        if kind in ("path", "line", "polyline"):
+            points += scribble_points(zyx[:, [2, 1]], bool(sign))
+        elif kind == "polygon" and len(zyx) >= 3:
+            lasso = tuple((float(x), float(y)) for x, y in zyx[:, [2, 1]])
+    return points, lasso
+
+
 def prompts_by_slice(
     points: np.ndarray,
     positive: Sequence[bool] | np.ndarray | None,
     shapes: Sequence[np.ndarray],
     shape: tuple[int, int] | None = None,
+    scribbles: tuple[Sequence[np.ndarray], Sequence[str], Any] | None = None,
 ) -> dict[int, Prompts]:
-    """All prompts of the two prompt layers, grouped by slice (slices without any are absent).
+    """All prompts of the prompt layers, grouped by slice (slices without any are absent).
 
     Args:
         points: Points layer data.
         positive: Points layer ``positive`` feature (None: all positive).
         shapes: Shapes layer data.
         shape: ``(H, W)`` of a slice, to clip boxes.
+        scribbles: ``(data, shape types, positive feature)`` of the scribbles layer, or None.
+            A scribble's clicks follow the slice's clicks.
     """
     indices = set(slice_indices(points).tolist()) if len(points) else set()
-    for vertices in shapes:
+    for vertices in list(shapes) + list(scribbles[0] if scribbles else []):
         indices.update(slice_indices(vertices).tolist())
     out = {}
     for i in sorted(indices):
         prompts = Prompts(points_on_slice(points, positive, i), box_on_slice(shapes, i, shape))
+        if scribbles is not None:
+            more, lasso = scribbles_on_slice(*scribbles, i)
+            prompts = prompts.with_points(more).with_lasso(lasso)
         if not prompts.empty:
             out[i] = prompts
     return out
+
+
+def layers_from_prompts(prompts: Mapping[tuple[int, int], Prompts], ndim: int) -> dict:
+    """Layer data showing a session's axis-0 prompts (after an undo or redo).
+
+    Scribbles come back as the clicks they became; lassos as polygons.
+
+    Returns:
+        ``{"points": (N, ndim), "positive": (N,), "boxes": [(4, ndim)], "lassos": [(V, ndim)]}``.
+    """
+    pts, flags, boxes, lassos = [], [], [], []
+
+    def row(z: int, y: float, x: float) -> list[float]:
+        return [float(z), y, x][-ndim:]
+
+    for (axis, z), p in sorted(prompts.items()):
+        if axis != 0:
+            continue
+        pts += [row(z, q.y, q.x) for q in p.points]
+        flags += [q.positive for q in p.points]
+        if p.box is not None:
+            b = p.box.normalised()
+            corners = ((b.y0, b.x0), (b.y0, b.x1), (b.y1, b.x1), (b.y1, b.x0))
+            boxes.append(np.array([row(z, y, x) for y, x in corners]))
+        if p.lasso is not None:
+            lassos.append(np.array([row(z, y, x) for x, y in p.lasso]))
+    points = np.array(pts, dtype=float).reshape(-1, ndim)
+    return {"points": points, "positive": np.array(flags, bool), "boxes": boxes, "lassos": lassos}
 
 
 def changed_slices(
@@ -249,6 +317,19 @@ def box_layer_kwargs(image: Any) -> dict[str, Any]:
         "edge_color": "cyan",
         "face_color": "transparent",
         "edge_width": max(1.0, min(image.data.shape[-2:]) / 256),
+    }
+
+
+def scribble_layer_kwargs(image: Any) -> dict[str, Any]:
+    """Keyword arguments for the scribbles and lassos Shapes layer (green +, red -)."""
+    return {
+        **geometry(image),
+        "name": SCRIBBLE_LAYER,
+        "ndim": image.ndim,
+        "features": {POSITIVE: np.zeros(0, bool)},
+        "edge_color": CLICK_COLOURS[True],  # the widget sets the colour of the next one
+        "face_color": "transparent",
+        "edge_width": max(1.0, min(image.data.shape[-2:]) / 128),
     }
 
 

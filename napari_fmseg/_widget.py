@@ -1,12 +1,12 @@
 """The **Segment** tool: prompt a foundation model slice by slice, propagate, commit.
 
-A thin widget: clicks ("fmseg prompts") and boxes ("fmseg box") are napari layers that
-:mod:`._layers` turns into prompts; an :class:`fmseg.Session` does the work, every model call
-(and every commit or undo, which pass over the whole volume) in a worker: one
-:class:`~._worker.JobRunner` for the foreground work and one for the background encoding.
-"fmseg object" shows the working object, "fmseg labels" the committed labels (the session's
-array, in an :class:`~._output.OutputLayer` with the image's metadata for the fmseg writer;
-the session keeps the undo steps).
+A thin widget: clicks ("fmseg prompts"), boxes ("fmseg box"), scribbles and lassos ("fmseg
+scribbles": freehand paths and polygons) are napari layers that :mod:`._layers` turns into
+prompts; an :class:`fmseg.Session` does the work, every model call (and every commit, undo or
+redo) in a worker: one :class:`~._worker.JobRunner` for the foreground work and one for the
+background encoding. "fmseg object" shows the working object, "fmseg labels" the committed
+labels (the session's array, in an :class:`~._output.OutputLayer` with the image's metadata for
+the fmseg writer; the session keeps the undo steps, :mod:`._history` shows them).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui import widgets as mw
-from napari.layers import Image
+from napari.layers import Image, Labels
 
 from fmseg.interactive.prompts import Prompts
 from fmseg.interactive.session import Session
@@ -27,7 +27,9 @@ from fmseg.registry import REGISTRY, ModelLoader, load_model
 
 from . import _layers as L
 from ._controls import StatusLine, button_row, layer_box, on_layers_changed
+from ._history import history_message, show_prompts
 from ._output import OutputLayer
+from ._prefetch import Prefetch
 from ._worker import JobRunner, call_work
 
 if TYPE_CHECKING:
@@ -38,17 +40,27 @@ if TYPE_CHECKING:
 SHORTCUTS = (
     ("N", "toggle negative (background) clicks", "toggle_negative"),
     ("Shift-C", "commit the object as the label value", "commit"),
-    ("Shift-U", "undo the last commit", "undo"),
+    ("Shift-U", "undo the last interaction", "undo"),
+    ("Control-Z", "undo the last interaction (prompt, propagation, commit)", "undo"),
+    ("Control-Shift-Z", "redo", "redo"),
+    ("Shift-E", "edit the label value of the 'edit from' layer", "start_from_layer"),
     ("Shift-G", "propagate the object through the volume", "propagate"),
     ("Shift-X", "clear all prompts and the object", "clear"),
     ("Shift-Escape", "cancel running work", "cancel"),
 )
 HELP = "Shortcuts (canvas focused):\n" + "\n".join(f"  {k}: {d}" for k, d, _ in SHORTCUTS)
 _BUTTONS = (
-    (("Propagate", "propagate"), ("Commit", "commit"), ("Undo commit", "undo")),
-    (("Clear prompts", "clear"), ("Cancel", "cancel")),
+    (("Propagate", "propagate"), ("Commit", "commit"), ("Undo", "undo"), ("Redo", "redo")),
+    (("Edit label", "start_from_layer"), ("Clear prompts", "clear"), ("Cancel", "cancel")),
 )
 _REFRESH_S = 0.3  # redraw the object at most this often while propagating
+#: Prompt tools: the layer each draws on and its napari mode (a scribble is a freehand path).
+_TOOL_MODES = {
+    "box": ("box", "add_rectangle"),
+    "click": ("points", "add"),
+    "scribble": ("scribbles", "add_path"),
+    "lasso": ("scribbles", "add_polygon_lasso"),
+}
 
 
 def _apply_prompts(
@@ -61,16 +73,6 @@ def _apply_prompts(
         else:
             session.clear_prompts(0, i)
     return {i: np.take(session.mask, i, axis=0).copy() for i in todo}
-
-
-def _embed_all(session: Session, order: list[int]) -> Work[int]:
-    """Embed slices along axis 0 in ``order``: the first alone (soonest ready), then in pairs."""
-    done = 0
-    for part, batch in ((order[:1], 1), (order[1:], 2)):
-        for step in session.embed_volume_iter(0, part, batch=batch):
-            yield Progress(done + step.done, len(order), step.message)
-        done += len(part)
-    return done
 
 
 class SegmentWidget(mw.Container):
@@ -103,6 +105,7 @@ class SegmentWidget(mw.Container):
         self.status = StatusLine("Choose an image and press Start.")  # public: tests read it
         self.jobs = JobRunner(self.status)  # foreground: one model call at a time
         self.embedding = JobRunner(self.status, "embedded")  # background encoding
+        self.prefetch = Prefetch(viewer, self.embedding, self.current_slice)
         self.labels_out = OutputLayer(viewer, L.LABELS_LAYER, self.status, opacity=0.45)
         self._sync_pending = False
         self._muted = False
@@ -116,17 +119,18 @@ class SegmentWidget(mw.Container):
         self._model = mw.ComboBox(label="model", choices=usable, value="litemedsam")
         self._start = mw.PushButton(text="Start")
         self._tool = mw.RadioButtons(
-            label="prompt", choices=["box", "click"], value="box", orientation="horizontal"
+            label="prompt", choices=list(_TOOL_MODES), value="box", orientation="horizontal"
         )
         self._negative = mw.CheckBox(text="negative click (N)")
         self._label = mw.SpinBox(label="label value", min=1, max=65535, value=1)
         self._overwrite = mw.CheckBox(text="overwrite existing labels")
+        self._source = layer_box(self._viewer, "edit from", Labels)  # "Edit label" reads it
         keys = {m: k for k, _, m in SHORTCUTS}
         tips = {m: f"{t} ({keys[m]})" for row in _BUTTONS for t, m in row}
         button_rows = [button_row(self, row, tips) for row in _BUTTONS]
         self.extend(
             [self._image, self._model, self._start, self._tool]
-            + [self._negative, self._label, self._overwrite, *button_rows]
+            + [self._negative, self._label, self._overwrite, self._source, *button_rows]
             + [self.embedding.bar, self.jobs.bar, self.status]
         )
         self.tooltip = HELP
@@ -194,15 +198,11 @@ class SegmentWidget(mw.Container):
         self.session, self.image_layer = session, layer
         self._setup_layers(session, layer)
         self.status.say(f"Ready on '{layer.name}': draw a box or click on the object.")
-        order = L.embedding_order(session.n_slices(0), self.current_slice())
-        self.embedding.run(
-            _embed_all(session, order), "encoding", lambda n: None,
-            on_progress=lambda step: None, kept="the slices encoded are kept",
-        )  # fmt: skip
+        self.prefetch.start(session)  # follows the viewed slice; disk cache by content hash
 
     def _setup_layers(self, session: Session, image: Image) -> None:
         """(Re)create the prompt and object layers; reuse a matching labels layer."""
-        for name in (L.PROMPTS_LAYER, L.BOX_LAYER, L.OBJECT_LAYER):
+        for name in (L.PROMPTS_LAYER, L.BOX_LAYER, L.SCRIBBLE_LAYER, L.OBJECT_LAYER):
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
         viewer, view = self._viewer, L.layer_view(session.labels, image.ndim)
@@ -215,9 +215,11 @@ class SegmentWidget(mw.Container):
         zeros = np.zeros(image.data.shape, np.uint8)
         obj = viewer.add_labels(zeros, **L.object_layer_kwargs(image))
         box = viewer.add_shapes(**L.box_layer_kwargs(image))
+        scribbles = viewer.add_shapes(**L.scribble_layer_kwargs(image))
         points = viewer.add_points(**L.prompts_layer_kwargs(image))
         self.layers = {"labels": labels, "object": obj, "box": box, "points": points}
-        for layer in (box, points):
+        self.layers["scribbles"] = scribbles
+        for layer in (box, scribbles, points):
             layer.events.data.connect(self._on_prompts_changed)
         self._on_negative()
         self._apply_tool()
@@ -241,9 +243,12 @@ class SegmentWidget(mw.Container):
 
     def layer_prompts(self) -> dict[int, Prompts]:
         """The prompts of the two prompt layers, by slice along axis 0."""
-        points, box = self.layers["points"], self.layers["box"]
+        points, box, scr = self.layers["points"], self.layers["box"], self.layers["scribbles"]
         positive = points.features[L.POSITIVE].to_numpy() if len(points.data) else None
-        return L.prompts_by_slice(points.data, positive, box.data, self.session.volume.shape[1:])
+        signs = scr.features[L.POSITIVE].to_numpy() if len(scr.data) else None
+        scribbles = (scr.data, scr.shape_type, signs)
+        shape = self.session.volume.shape[1:]
+        return L.prompts_by_slice(points.data, positive, box.data, shape, scribbles)
 
     def _sync(self) -> None:
         """Re-segment the slices whose prompts changed (in a worker; later if one runs)."""
@@ -269,27 +274,36 @@ class SegmentWidget(mw.Container):
         self.status.say(f"Object on {shown}. Click to correct it, then Propagate or Commit.")
 
     def _on_negative(self, *_: Any) -> None:
-        if "points" in self.layers:
-            self.layers["points"].feature_defaults[L.POSITIVE] = not self._negative.value
+        positive = not self._negative.value
+        for name in ("points", "scribbles"):
+            if name in self.layers:
+                self.layers[name].feature_defaults[L.POSITIVE] = positive
+        if "scribbles" in self.layers:
+            self.layers["scribbles"].current_edge_color = L.CLICK_COLOURS[positive]
 
     def toggle_negative(self) -> None:
-        """Switch between positive and negative clicks (and to the click tool)."""
+        """Switch between positive and negative clicks and scribbles (box/lasso: to clicks)."""
         self._negative.value = not self._negative.value
-        self._tool.value = "click"
+        if self._tool.value not in ("click", "scribble"):
+            self._tool.value = "click"
 
     def _apply_tool(self, *_: Any) -> None:
-        layer = self.layers.get("box" if self._tool.value == "box" else "points")
+        name, mode = _TOOL_MODES[self._tool.value]
+        layer = self.layers.get(name)
         if layer is None or layer not in self._viewer.layers:
             return  # no session yet, or the viewer is closing
         self._viewer.layers.selection.active = layer
-        layer.mode = "add_rectangle" if self._tool.value == "box" else "add"
+        layer.mode = mode
 
     def _clear_prompt_layers(self) -> None:
-        points, box = self.layers["points"], self.layers["box"]
-        self._muted = True  # emptying the layers must not re-segment
-        points.data = np.zeros((0, points.ndim))
-        box.data = []
-        self._muted = False
+        self._show_prompts({})
+
+    def _show_prompts(self, prompts: dict) -> None:
+        self._muted = True  # rewriting the layers must not re-segment
+        try:
+            show_prompts(self.layers, prompts, self.layers["points"].ndim)
+        finally:
+            self._muted = False
 
     def _show_object(self) -> None:
         obj = self.layers["object"]
@@ -340,28 +354,72 @@ class SegmentWidget(mw.Container):
         self._show_object()
         self.layers["labels"].refresh()
         hint = "" if n else " (all were labelled already: tick 'overwrite existing labels')"
-        self.status.say(f"Committed {n} voxels as label {label}{hint}. Undo with Shift-U.")
+        self.status.say(f"Committed {n} voxels as label {label}{hint}. Undo with Ctrl+Z.")
 
-    def undo(self) -> None:
-        """Undo the last commit (in a worker)."""
+    def undo(self, redo: bool = False) -> None:
+        """Undo the last interaction, or redo the last undone one (in a worker)."""
         if (session := self._ready()) is None:
             return
-        if not session.can_undo:
-            self.status.error("nothing to undo: no commit yet")
+        name = session.history.redo_name if redo else session.history.undo_name
+        if name is None:
+            self.status.error(history_message(None, redo).rstrip(".").lower())
             return
-        self._launch(call_work(session.undo, "undoing"), "undo", self._on_undone)
+        step = session.history.redo if redo else session.history.undo
+        work = call_work(lambda: step(session), "redoing" if redo else "undoing")
+        done = functools.partial(self._on_history, session, redo)
+        self._launch(work, "redo" if redo else "undo", done)
 
-    def _on_undone(self, _undone: bool) -> None:
-        if "labels" in self.layers:
-            self.layers["labels"].refresh()
-            self.status.say("Last commit undone.")
+    def redo(self) -> None:
+        """Redo the last undone interaction (in a worker)."""
+        self.undo(redo=True)
+
+    def _on_history(self, session: Session, redo: bool, name: str | None) -> None:
+        if session is not self.session:
+            return
+        self._show_prompts(session.prompts)
+        self._show_object()
+        self.layers["labels"].refresh()
+        self.status.say(history_message(name, redo))
+
+    def start_from_layer(self) -> None:
+        """Make the label value of the "edit from" layer the working object (in a worker).
+
+        From "fmseg labels" the label is lifted out (Commit writes the edit back); from any
+        other labels layer (annotations, in-context, adapter results) it is copied.
+        """
+        if (session := self._ready()) is None:
+            return
+        layer, label = self._source.value, int(self._label.value)
+        if layer is None or np.shape(layer.data)[-2:] != session.volume.shape[-2:]:
+            self.status.error("choose a labels layer on this image under 'edit from'")
+            return
+        if layer is self.layers["labels"]:
+            work = call_work(lambda: session.start_from_label(label), "lifting the label")
+        else:
+            data = np.asarray(layer.data).reshape(session.volume.shape) == label
+            work = call_work(lambda: session.set_working_mask(data), "copying the label")
+        self._clear_prompt_layers()
+        done = functools.partial(self._on_started, session, label, layer.name)
+        self._launch(work, "edit label", done)
+
+    def _on_started(self, session: Session, label: int, name: str, n: int) -> None:
+        if session is not self.session:
+            return
+        self._show_object()
+        self.layers["labels"].refresh()
+        self.status.say(f"Editing label {label} of '{name}' ({n} voxels): click to correct it.")
 
     def clear(self) -> None:
         """Remove all prompts and the working object (start the object again)."""
         if (session := self._ready()) is None:
             return
-        session.reset_object()
         self._clear_prompt_layers()
+        work = call_work(session.reset_object, "clearing")  # a whole-volume undo step
+        self._launch(work, "clear", functools.partial(self._on_cleared, session))
+
+    def _on_cleared(self, session: Session, _result: None) -> None:
+        if session is not self.session:
+            return
         self._show_object()
         self.status.say("Prompts cleared: draw a box or click on the object.")
 

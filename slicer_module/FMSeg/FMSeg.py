@@ -18,6 +18,8 @@ import qt
 import slicer
 from FMSegLib import choices, install
 from slicer import (
+    vtkMRMLMarkupsClosedCurveNode,
+    vtkMRMLMarkupsCurveNode,
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLMarkupsROINode,
     vtkMRMLScalarVolumeNode,
@@ -65,6 +67,8 @@ class FMSegParameterNode:
     positivePoints: vtkMRMLMarkupsFiducialNode
     negativePoints: vtkMRMLMarkupsFiducialNode
     roi: vtkMRMLMarkupsROINode
+    scribble: vtkMRMLMarkupsCurveNode
+    lasso: vtkMRMLMarkupsClosedCurveNode
     view: Annotated[str, Choice(list(choices.VIEWS))] = "axial"
     propagate: bool = False
     supportSegment: str = ""
@@ -74,6 +78,9 @@ class FMSegParameterNode:
     adapterBase: Annotated[str, Choice(list(choices.ADAPTER_BASES))] = "litemedsam"
     adapterMethod: Annotated[str, Choice(list(choices.ADAPTER_METHODS))] = "spatial-adapter"
     adapterSteps: Annotated[int, WithinRange(1, 5000)] = 200
+    # fmseg.adapters.facade.CPU_TIME_LIMIT (this module loads before fmseg is installed);
+    # tests/slicer/test_adapters.py checks they agree. 0: no limit.
+    adapterTimeLimit: Annotated[float, WithinRange(0, 86400)] = 60.0
     adapterWholeVolume: bool = False
     adapterPath: Path
 
@@ -119,6 +126,9 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.segmentButton, self.onSegment),
             (self.ui.newObjectButton, self.onNewObject),
             (self.ui.undoButton, self.onUndo),
+            (self.ui.editSegmentButton, self.onEditSegment),
+            (self.ui.undoStepButton, self.onUndoStep),
+            (self.ui.redoStepButton, partial(self.onUndoStep, redo=True)),
             (self.ui.addSupportButton, self.onAddSupport),
             (self.ui.clearSupportButton, self.onClearSupport),
             (self.ui.incontextButton, self.onInContext),
@@ -271,7 +281,9 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """(work, write) of the prompt path into segment ``name``, with a box-head adapter."""
         logic, p = self._ensureLogic(), self._parameterNode
         volume = p.inputVolume
-        prompts = logic.read_prompts(volume, p.view, p.positivePoints, p.negativePoints, p.roi)
+        prompts = logic.read_prompts(
+            volume, p.view, p.positivePoints, p.negativePoints, p.roi, [p.scribble], p.lasso
+        )
         data = logic.read_volume(volume)
         if p.propagate:
             work = logic.propagate_iter(data, prompts, adapter)
@@ -289,6 +301,25 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with self._action(_("Undo failed.")):
             if not self._ensureLogic().undo(self._parameterNode.segmentation):
                 self.ui.statusLabel.text = _("Nothing to undo.")
+
+    def onEditSegment(self) -> None:
+        """Make the segment the working object (Segment then edits it)."""
+        logic, p = self._ensureLogic(), self._parameterNode
+        with self._action(_("Could not edit the segment.")):
+            mask = logic.read_segment(p.segmentation, p.segmentName, p.inputVolume)
+            work = logic.start_from_mask_iter(logic.read_volume(p.inputVolume), mask)
+            self._start("edit segment", work, self._saying(lambda n: f"Editing {n} voxels."))
+
+    def onUndoStep(self, redo: bool = False) -> None:
+        """Undo (redo) the working object's last step; the segment shows the object."""
+        logic, p = self._ensureLogic(), self._parameterNode
+        with self._action(_("Undo failed.")):
+            step = logic.step_history(p.inputVolume, redo)
+            if step is None:
+                self.ui.statusLabel.text = _("Nothing to redo.") if redo else _("Nothing to undo.")
+                return
+            logic.write_segment(p.segmentation, p.segmentName, step[1], p.inputVolume)
+            self.ui.statusLabel.text = ("Redid " if redo else "Undid ") + step[0] + "."
 
     def onAddSupport(self) -> None:
         """Add slices of a segment (and the input volume) to the support set."""
@@ -409,8 +440,9 @@ class FMSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logic, p = self._ensureLogic(), self._parameterNode
             data = list(logic.training) or [logic.read_annotation(*self._segmentArgs())]
             work = logic.train_adapter_iter(
-                data, str(p.adapterPath or ""), p.adapterBase, p.adapterMethod, p.adapterSteps
-            )
+                data, str(p.adapterPath or ""), p.adapterBase, p.adapterMethod, p.adapterSteps,
+                time_limit=p.adapterTimeLimit,
+            )  # fmt: skip
             self._start("adapter training", work, self._showTrained)
 
     def _showTrained(self, trained) -> None:

@@ -131,8 +131,11 @@ def test_start_creates_layers_with_the_image_geometry(make_napari_viewer, qtbot)
     image.metadata["affine"] = np.diag([-1.0, -1.0, 2.0, 1.0])
     session = _start(qtbot, widget)
     names = [layer.name for layer in viewer.layers]
-    assert names[1:] == ["fmseg labels", "fmseg object", "fmseg box", "fmseg prompts"]
+    assert names[1:] == [
+        "fmseg labels", "fmseg object", "fmseg box", "fmseg scribbles", "fmseg prompts"
+    ]  # fmt: skip
     labels = widget.layers["labels"]
+    assert all(tuple(widget.layers[k].scale) == (2.0, 1.0, 1.0) for k in ("box", "scribbles"))
     assert tuple(labels.scale) == (2.0, 1.0, 1.0)
     np.testing.assert_array_equal(labels.metadata["affine"], image.metadata["affine"])
     assert np.shares_memory(labels.data, session.labels)
@@ -189,9 +192,13 @@ def test_commit_writes_labels_and_undo_restores(make_napari_viewer, qtbot, error
     assert "Committed 437 voxels as label 3" in widget.status.value
     _run(qtbot, widget, widget.undo)
     assert not widget.layers["labels"].data.any()
-    assert widget.status.value == "Last commit undone."
+    assert widget.status.value == "Undid commit label 3."
+    np.testing.assert_array_equal(_object(widget).astype(bool), expected)  # the object is back
+    assert len(widget.layers["box"].data) == 1 and session.prompts[(0, 5)].box is not None
+    _run(qtbot, widget, widget.undo)  # the box
+    assert not session.mask.any() and not len(widget.layers["box"].data)
     widget.undo()
-    assert errors == ["nothing to undo: no commit yet"] and not widget.busy
+    assert errors == ["nothing to undo"] and not widget.busy
 
 
 def test_restart_keeps_committed_labels(make_napari_viewer, qtbot) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 
 from ..adapters.api import load_adapter
 from ..adapters.facade import THRESHOLD, apply_iter
+from ..interactive.fuse import DEFAULT_RULE, RULES, parse_axes, propagate_axes_iter
+from ..interactive.prefetch import attach_disk_cache
 from ..interactive.prompts import Box, Point, PromptError, Prompts
 from ..interactive.session import Session
 from ..io import Volume, save_labels
@@ -44,6 +46,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             help=f"{kind} click (repeatable)",
         )
     s.add_argument("--propagate", action="store_true", help="propagate through the volume")
+    s.add_argument(
+        "--axes",
+        help="with --propagate: also propagate along these axes and fuse, e.g. 0,1,2 (must "
+        "include --axis; each other axis is seeded from the first result)",
+    )
+    s.add_argument(
+        "--fuse",
+        default=DEFAULT_RULE,
+        choices=RULES,
+        help=f"how --axes results are fused: or (any axis), vote (more than half; with two axes: "
+        f"both), and (every axis); default {DEFAULT_RULE} (docs/accuracy.md)",
+    )
+    s.add_argument(
+        "--cache-dir",
+        help="keep slice embeddings here (fp16, keyed by image content, model, axis, slice and "
+        "window): a later run on the same image only decodes",
+    )
     s.add_argument("--label", type=int, default=1, help="label value written (default 1)")
     s.add_argument("--model", default="litemedsam", choices=sorted(REGISTRY))
     s.add_argument("--checkpoint", help="checkpoint file for models without bundled weights")
@@ -100,6 +119,18 @@ def check_prompts(args: argparse.Namespace, shape: tuple[int, ...]) -> None:
             ) from None
 
 
+def check_axes(args: argparse.Namespace) -> tuple[int, ...]:
+    """The ``--axes`` to propagate along (``--axis`` first), refused before any compute."""
+    if args.axes is None:
+        return (args.axis,)
+    if not args.propagate:
+        raise CliError("--axes needs --propagate")
+    try:
+        return parse_axes(args.axes, args.axis)
+    except ValueError as err:
+        raise CliError(f"--axes {args.axes}: {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fmseg segment``; returns the number of voxels in the written mask."""
     check_outputs(args, out=VOLUME)
@@ -114,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     if args.slice is None:
         raise ValueError("give the --slice the prompts are on")
     check_prompts(args, vol.array.shape)
+    axes = check_axes(args)
     session = Session.from_registry(
         vol.array,
         args.model,
@@ -123,9 +155,15 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         adapter=args.adapter,
     )
+    if args.cache_dir:
+        attach_disk_cache(session, args.cache_dir)
     t0 = time.perf_counter()
     session.set_prompts(args.axis, args.slice, prompts)
-    if args.propagate:
+    if args.propagate and len(axes) > 1:
+        work = propagate_axes_iter(session, args.axis, args.slice, axes, rule=args.fuse)
+        fused = drain(work, print_progress)
+        print(f"\npropagated and fused ({args.fuse}): {fused.reason}", file=sys.stderr)
+    elif args.propagate:
         result = drain(session.propagate_iter(args.axis, args.slice), print_progress)
         print(
             f"\npropagated slices {result.first}..{result.last} ({result.reason})", file=sys.stderr

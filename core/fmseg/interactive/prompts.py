@@ -55,26 +55,42 @@ class Box:
 
 @dataclass(frozen=True)
 class Prompts:
-    """Everything placed on one slice: at most one box and any number of points."""
+    """Everything placed on one slice: at most one box, one lasso and any number of points.
+
+    ``lasso`` holds the ``(x, y)`` vertices of a closed polygon drawn around the object
+    (scribbles become points: :func:`fmseg.interactive.scribbles.scribble_points`).
+    """
 
     points: tuple[Point, ...] = field(default_factory=tuple)
     box: Box | None = None
+    lasso: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "points", tuple(self.points))
+        if self.lasso is not None:
+            lasso = tuple((float(x), float(y)) for x, y in self.lasso)
+            object.__setattr__(self, "lasso", lasso)
 
     @property
     def empty(self) -> bool:
         """True when there is nothing to segment from."""
-        return self.box is None and not self.points
+        return self.box is None and not self.points and self.lasso is None
 
     def with_point(self, point: Point) -> Prompts:
         """A copy with one more point."""
-        return Prompts(self.points + (point,), self.box)
+        return Prompts(self.points + (point,), self.box, self.lasso)
+
+    def with_points(self, points: tuple[Point, ...]) -> Prompts:
+        """A copy with more points (e.g. a scribble's)."""
+        return Prompts(self.points + tuple(points), self.box, self.lasso)
 
     def with_box(self, box: Box | None) -> Prompts:
         """A copy with the box replaced."""
-        return Prompts(self.points, box)
+        return Prompts(self.points, box, self.lasso)
+
+    def with_lasso(self, vertices) -> Prompts:
+        """A copy with the lasso replaced (``(V, 2)`` ``(x, y)`` vertices, or None)."""
+        return Prompts(self.points, self.box, vertices)
 
     def validate(self, shape: tuple[int, int]) -> None:
         """Raise :class:`PromptError` when a prompt lies outside an ``(H, W)`` image."""
@@ -88,3 +104,9 @@ class Prompts:
                 raise PromptError(f"box {b} does not overlap the {w}x{h} image")
             if b.x1 - b.x0 < 1 or b.y1 - b.y0 < 1:
                 raise PromptError(f"box {b} is smaller than one pixel")
+        if self.lasso is not None:
+            if len(self.lasso) < 3:
+                raise PromptError(f"a lasso needs at least 3 vertices, got {len(self.lasso)}")
+            xs, ys = zip(*self.lasso, strict=True)
+            if max(xs) < 0 or max(ys) < 0 or min(xs) > w - 1 or min(ys) > h - 1:
+                raise PromptError(f"the lasso does not overlap the {w}x{h} image")

@@ -9,10 +9,15 @@ boolean arrays; clicks are :class:`~fmseg.interactive.prompts.Point` with ``x`` 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import ndimage
 
-from .prompts import Point
+from .prompts import Point, Prompts
+
+if TYPE_CHECKING:
+    from .predictor import Prediction, SamPredictor, SliceEmbedding
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -97,3 +102,63 @@ def refine_with_click(
     if not click.positive and mask[r, c]:
         return mask & ~_remove_region(mask, r, c)
     return mask.copy()
+
+
+def refine_with_clicks(
+    prob: np.ndarray, mask: np.ndarray, clicks: tuple[Point, ...] | list[Point]
+) -> np.ndarray:
+    """Apply :func:`refine_with_click` for every click in order; returns the ``(H, W)`` mask."""
+    mask = np.asarray(mask, dtype=bool)
+    for click in clicks:
+        mask = refine_with_click(prob, mask, click)
+    return mask
+
+
+def decode_prompts(
+    box_model: SamPredictor,
+    click_model: SamPredictor | None,
+    emb: SliceEmbedding,
+    prompts: Prompts,
+    base: np.ndarray | None = None,
+) -> tuple[Prediction | None, np.ndarray]:
+    """Route one slice's prompts to what measured best; returns the prediction and mask.
+
+    Measured by ``benchmarks/bench_clicks.py`` and ``benchmarks/bench_scribbles.py`` on
+    held-out targets:
+
+    * a box: LiteMedSAM, then each click edits its result through its probabilities;
+    * else a lasso: the polygon itself (:data:`~fmseg.interactive.scribbles.LASSO_METHOD`), then
+      clicks edit it model-free;
+    * else a start mask ``base`` (a label, an in-context, adapter or propagated result): clicks
+      edit it model-free;
+    * else clicks only: the click-trained decoder, one click at a time with the previous
+      logits as mask prompt, as it was trained.
+
+    Args:
+        box_model: The box predictor.
+        click_model: The click predictor (None: ``box_model``).
+        emb: The slice's embedding.
+        prompts: The slice's prompts (not empty).
+        base: ``(H, W)`` start mask of the slice, or None.
+
+    Returns:
+        ``(prediction or None when no model ran, (H, W) bool mask)``.
+    """
+    from .scribbles import lasso_mask
+
+    prompts.validate(emb.frame.shape)  # model-free paths must refuse what a decoder would
+    if prompts.box is not None:
+        pred = box_model.predict(emb, Prompts(box=prompts.box))
+        return pred, refine_with_clicks(pred.prob, pred.mask(), prompts.points)
+    if prompts.lasso is not None:
+        pred, mask = lasso_mask(box_model, emb, prompts.lasso)
+        prob = pred.prob if pred is not None else mask.astype(np.float32)
+        return pred, refine_with_clicks(prob, mask, prompts.points)
+    if base is not None and base.any():
+        return None, refine_with_clicks(base.astype(np.float32), base, prompts.points)
+    predictor = click_model or box_model
+    pred, logits = None, None
+    for k in range(1, len(prompts.points) + 1):
+        pred = predictor.predict(emb, Prompts(prompts.points[:k]), mask_input=logits)
+        logits = pred.low_res_logits
+    return pred, pred.mask()

@@ -15,10 +15,12 @@ from ..validation import check_label_value, check_volume
 from ..weights import sha256_of
 from ..window import Window, WindowLike
 from .cache import EmbeddingCache, array_digest
+from .history import History, SessionHistory
 from .predictor import Prediction, SamPredictor, SliceEmbedding
 from .prompts import Box, Point, Prompts
 from .propagation import PropagationResult, PropagationSettings, propagate_iter
-from .refine import refine_with_click
+from .refine import decode_prompts
+from .scribbles import scribble_points
 
 if TYPE_CHECKING:
     from ..adapters.bases import AdaptedModel
@@ -61,12 +63,16 @@ def _point_predictor(
         return None  # clicks then fall back to the box model
 
 
-class Session:
+class Session(SessionHistory):
     """Interactive segmentation of one 3D volume (2D images are volumes of one slice).
 
     The session works in array index space. A slice is ``np.take(volume, index, axis)``; its
     prompts use ``x`` = column and ``y`` = row of that 2D array. The working object lives in
-    :attr:`mask`; :meth:`commit` copies it into :attr:`labels` under a label value, with undo.
+    :attr:`mask`; :meth:`commit` copies it into :attr:`labels` under a label value. Every
+    interaction is one step of :attr:`history` (:meth:`undo`, :meth:`redo`); undoing a commit
+    restores the labels and the object it committed. A slice that already holds part of the
+    object when it is first prompted (a start mask, a propagated result) keeps it as its base:
+    clicks edit the base (see :func:`~fmseg.interactive.refine.decode_prompts`).
     :meth:`from_registry` builds the predictors from model names.
 
     Args:
@@ -104,13 +110,14 @@ class Session:
         self.window = self.window_policy.resolve(self.volume)
         self.predictor = predictor
         self.point_predictor = point_predictor
-        self.cache = cache or EmbeddingCache()
+        self.cache = cache if cache is not None else EmbeddingCache()  # an empty one is falsy
         self._digest = array_digest(self.volume)
         self.mask = np.zeros(self.volume.shape, dtype=bool)
         self.labels = np.zeros(self.volume.shape, dtype=np.uint16)
         self.prompts: dict[SliceKey, Prompts] = {}
         self.last: dict[SliceKey, Prediction] = {}
-        self._undo: list[tuple[np.ndarray, np.ndarray]] = []
+        self.bases: dict[SliceKey, np.ndarray] = {}  # never edited in place (history shares)
+        self.history = History()
 
     @classmethod
     def from_registry(
@@ -251,68 +258,129 @@ class Session:
     # -- prompting ------------------------------------------------------------------------
     def add_point(self, axis: int, index: int, x: float, y: float, positive: bool = True):
         """Add a click and re-segment the slice; returns the ``(H, W)`` mask."""
-        key = (axis, index)
-        self.prompts[key] = self.prompts.get(key, Prompts()).with_point(Point(x, y, positive))
-        return self.segment_slice(axis, index)
+        old = self.prompts.get((axis, index), Prompts())
+        return self.set_prompts(axis, index, old.with_point(Point(x, y, positive)), "click")
+
+    def add_scribble(self, axis: int, index: int, vertices, positive: bool = True):
+        """Add a scribble (``(V, 2)`` ``(x, y)`` path) as clicks along it; returns the mask."""
+        old = self.prompts.get((axis, index), Prompts())
+        new = old.with_points(scribble_points(vertices, positive))
+        return self.set_prompts(axis, index, new, "scribble")
+
+    def set_lasso(self, axis: int, index: int, vertices):
+        """Set (None: remove) the slice's lasso (``(V, 2)`` ``(x, y)`` polygon); the mask."""
+        old = self.prompts.get((axis, index), Prompts())
+        return self.set_prompts(axis, index, old.with_lasso(vertices), "lasso")
 
     def set_box(self, axis: int, index: int, box: Box | None):
         """Set (or remove) the slice's box and re-segment; returns the ``(H, W)`` mask."""
-        key = (axis, index)
-        self.prompts[key] = self.prompts.get(key, Prompts()).with_box(box)
-        return self.segment_slice(axis, index)
+        old = self.prompts.get((axis, index), Prompts())
+        return self.set_prompts(axis, index, old.with_box(box), "box")
 
-    def set_prompts(self, axis: int, index: int, prompts: Prompts) -> np.ndarray:
-        """Replace all prompts of a slice (front ends syncing their layers) and re-segment."""
-        self.prompts[(axis, index)] = prompts
-        return self.segment_slice(axis, index)
+    def set_prompts(
+        self, axis: int, index: int, prompts: Prompts, name: str = "prompts"
+    ) -> np.ndarray:
+        """Replace all prompts of a slice (front ends syncing their layers) and re-segment.
+
+        One undo step named ``name``. The slice's mask when it is first prompted becomes its
+        base (clicks edit it; a box or lasso replaces it).
+        """
+        key = (axis, index)
+        self._check_slice(axis, index)
+        with self.history.record(self, name, key):
+            state = self.history_state()
+            if self.prompts.get(key, Prompts()).empty and key not in self.bases:
+                if (current := np.take(self.mask, index, axis=axis)).any():
+                    self.bases[key] = current.copy()
+            self.prompts[key] = prompts
+            try:
+                return self.segment_slice(axis, index)
+            except Exception:
+                self.restore_history_state(state)  # a refused prompt changes nothing
+                raise
 
     def segment_slice(self, axis: int, index: int) -> np.ndarray:
         """Run the decoder on the slice's prompts and store the result in :attr:`mask`."""
         key = (axis, index)
         prompts = self.prompts.get(key, Prompts())
+        self.last.pop(key, None)
         if prompts.empty:
-            self._write_slice(self.mask, axis, index, False)
-            self.last.pop(key, None)
+            self._write_slice(self.mask, axis, index, self.bases.get(key, False))
             return np.take(self.mask, index, axis=axis)
-        pred, mask = self._decode(self.embedding(axis, index), prompts)
-        self.last[key] = pred
+        emb = self.embedding(axis, index)
+        pred, mask = decode_prompts(
+            self.predictor, self.point_predictor, emb, prompts, self.bases.get(key)
+        )
+        if pred is not None:
+            self.last[key] = pred
         self._write_slice(self.mask, axis, index, mask)
         return mask
 
-    def _decode(self, emb: SliceEmbedding, prompts: Prompts) -> tuple[Prediction, np.ndarray]:
-        """Route prompts to the decoder that measured best (benchmarks/bench_clicks.py).
-
-        Box only: LiteMedSAM. Box + clicks: each click edits the box result through its own
-        probabilities (every click raised mean Dice on held-out liver, tumour and AAL targets).
-        Clicks only: the click-trained decoder, one click at a time with the previous logits
-        as mask prompt, as it was trained.
-        """
-        if prompts.box is not None:
-            pred = self.predictor.predict(emb, Prompts(box=prompts.box))
-            mask = pred.mask()
-            for point in prompts.points:
-                mask = refine_with_click(pred.prob, mask, point)
-            return pred, mask
-        predictor = self.point_predictor or self.predictor
-        pred, logits = None, None
-        for k in range(1, len(prompts.points) + 1):
-            pred = predictor.predict(emb, Prompts(prompts.points[:k]), mask_input=logits)
-            logits = pred.low_res_logits
-        return pred, pred.mask()
-
     def clear_prompts(self, axis: int | None = None, index: int | None = None) -> None:
-        """Forget the prompts (and working mask) of one slice, or of all slices."""
+        """Forget the prompts of one slice, or of all; their masks go back to their bases."""
         keys = [k for k in self.prompts if axis is None or k == (axis, index)]
-        for k in keys:
-            del self.prompts[k]
-            self.last.pop(k, None)
-            self._write_slice(self.mask, k[0], k[1], False)
+        region = None if axis is None else (axis, index)
+        with self.history.record(self, "clear prompts", region):
+            for k in keys:
+                del self.prompts[k]
+                self.last.pop(k, None)
+                self._write_slice(self.mask, k[0], k[1], self.bases.get(k, False))
 
     def reset_object(self) -> None:
         """Start a new object: drop all prompts and the working mask."""
-        self.prompts.clear()
-        self.last.clear()
-        self.mask[:] = False
+        with self.history.record(self, "clear object"):
+            self.prompts.clear()
+            self.last.clear()
+            self.bases.clear()
+            self.mask[:] = False
+
+    # -- start from a mask ----------------------------------------------------------------
+    def set_working_mask(
+        self, mask: np.ndarray, axis: int | None = None, index: int | None = None
+    ) -> int:
+        """Make ``mask`` the working object (a label, an in-context or adapter result).
+
+        Args:
+            mask: A volume-shaped mask, or with ``axis`` and ``index`` one slice's ``(H, W)``.
+            axis: Axis of the slice ``mask`` replaces; None: the whole object.
+            index: Index of that slice.
+
+        Returns:
+            Voxels in the new working object. Prompts of the replaced slices are dropped; the
+            mask is their base, so clicks edit it. One undo step.
+        """
+        mask = np.asarray(mask, dtype=bool)
+        if axis is not None:
+            self._check_slice(axis, index)
+        want = self.mask.shape if axis is None else np.take(self.mask, 0, axis=axis).shape
+        if mask.shape != want:
+            raise ValueError(f"the start mask has shape {mask.shape}, expected {tuple(want)}")
+        region = None if axis is None else (axis, index)
+        with self.history.record(self, "start from mask", region):
+            keys = [k for k in self.prompts if axis is None or k == (axis, index)]
+            for k in keys:
+                del self.prompts[k]
+                self.last.pop(k, None)
+            self.bases = {k: v for k, v in self.bases.items() if axis is not None and k != region}
+            if axis is None:
+                self.mask[...] = mask
+            else:
+                self._write_slice(self.mask, axis, index, mask)
+        return int(self.mask.sum())
+
+    def start_from_label(self, label: int) -> int:
+        """Lift label ``label`` out of :attr:`labels` into the working object (one undo step).
+
+        Clicks then edit it; commit writes it back. Returns its voxel count.
+        """
+        label = check_label_value(label, self.labels.dtype)
+        where = self.labels == label
+        if not where.any():
+            raise ValueError(f"label {label} is not in the label volume")
+        with self.history.record(self, f"start from label {label}", labels=True):
+            self.set_working_mask(where)
+            self.labels[where] = 0
+        return int(where.sum())
 
     @staticmethod
     def _write_slice(target: np.ndarray, axis: int, index: int, value) -> None:
@@ -334,32 +402,19 @@ class Session:
             return self.predictor.predict(self.embedding(axis, i), Prompts(box=box)).mask()
 
         masks = np.moveaxis(self.mask, axis, 0)  # a view: propagation writes into self.mask
-        return (yield from propagate_iter(masks, index, segment, anchors, settings))
+        with self.history.record(self, "propagate"):  # kept when cancelled: the slices done
+            return (yield from propagate_iter(masks, index, segment, anchors, settings))
 
     # -- labels ---------------------------------------------------------------------------
     def commit(self, label: int, overwrite: bool = False) -> int:
         """Write the working mask into :attr:`labels` as ``label``; returns voxels written.
 
         Voxels that already carry another label are kept unless ``overwrite`` is True.
-        The previous labels can be restored with :meth:`undo`.
+        Then a new object starts; :meth:`undo` restores the labels and this object.
         """
         label = check_label_value(label, self.labels.dtype)
-        target = self.mask if overwrite else self.mask & (self.labels == 0)
-        where = np.nonzero(target)
-        self._undo.append((np.stack(where), self.labels[where]))
-        self.labels[where] = label
-        self.reset_object()
-        return int(where[0].size)
-
-    def undo(self) -> bool:
-        """Undo the last commit; returns False when there is nothing to undo."""
-        if not self._undo:
-            return False
-        where, old = self._undo.pop()
-        self.labels[tuple(where)] = old
-        return True
-
-    @property
-    def can_undo(self) -> bool:
-        """True when :meth:`undo` would change the labels."""
-        return bool(self._undo)
+        target = self.mask.copy() if overwrite else self.mask & (self.labels == 0)
+        with self.history.record(self, f"commit label {label}", labels=True):
+            self.labels[target] = label
+            self.reset_object()
+        return int(np.count_nonzero(target))

@@ -131,11 +131,18 @@ class FMSegLogic(AdapterLogic, CorrectionLogic):
         return coords.slice_axis(mrml.ijk_to_world(volume_node), view)
 
     def read_prompts(
-        self, volume_node, view: str = "axial", positive=None, negative=None, roi=None
-    ) -> SlicePrompts:
-        """Markups (points on object / background, an ROI) -> prompts on one array slice."""
+        self, volume_node, view: str = "axial", positive=None, negative=None, roi=None,
+        scribbles=(), lasso=None,
+    ) -> SlicePrompts:  # fmt: skip
+        """Markups (points on object / background, an ROI, curves, a closed curve) -> prompts.
+
+        See :func:`FMSegLib.markups.prompts_from_markups` (curves are scribbles, a closed
+        curve is a lasso).
+        """
         axis = self.view_axis(volume_node, view)
-        return markups.prompts_from_markups(volume_node, axis, positive, negative, roi)
+        return markups.prompts_from_markups(
+            volume_node, axis, positive, negative, roi, scribbles, lasso
+        )
 
     def read_segment(self, segmentation_node, segment: str, volume_node) -> np.ndarray:
         """A segment on the volume's grid, ``(K, J, I)`` bool."""
@@ -189,6 +196,31 @@ class FMSegLogic(AdapterLogic, CorrectionLogic):
         cached = self._sessions.get(volume_node.GetID())
         if cached is not None:
             cached[1].reset_object()
+
+    def start_from_mask_iter(self, volume: VolumeInput, mask: np.ndarray) -> Work[int]:
+        """Make a ``(K, J, I)`` mask (a segment, :meth:`read_segment`) the working object.
+
+        Segment, propagate and clicks then edit it (one undo step); returns its voxel count.
+        """
+        cached = self._sessions.get(volume.node_id)
+        if cached is not None and cached[0][0] == volume.key:  # keep its adapter and history
+            return cached[1].set_working_mask(mask)
+        session = yield from self.session_iter(volume)
+        return session.set_working_mask(mask)
+
+    def step_history(self, volume_node, redo: bool = False) -> tuple[str, np.ndarray] | None:
+        """Undo (or redo) the last interaction of the volume's working object.
+
+        The core session's per-interaction history (prompts, propagation, start from a
+        segment); returns ``(what was undone, the (K, J, I) working object)`` for
+        :meth:`write_segment`, or None when there is nothing to undo (redo).
+        """
+        cached = self._sessions.get(volume_node.GetID())
+        if cached is None:
+            return None
+        session = cached[1]
+        name = session.history.redo(session) if redo else session.history.undo(session)
+        return None if name is None else (name, session.mask.copy())
 
     # -- write (main thread), with undo ---------------------------------------------------
     def _history(self, segmentation_node):

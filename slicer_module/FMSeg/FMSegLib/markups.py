@@ -1,7 +1,9 @@
 """Markups -> the core's slice prompts: world RAS -> array index (:mod:`fmseg.coords`) -> slice.
 
 The pure part (:func:`slice_prompts`) takes world points and a volume's ``ijk`` -> world matrix,
-so it is tested without MRML; :func:`prompts_from_markups` reads the nodes first.
+so it is tested without MRML; :func:`prompts_from_markups` reads the nodes first. A Markups
+curve is a scribble (clicks along it, :func:`fmseg.interactive.scribbles.scribble_points`), a
+closed curve a lasso (its control points are the polygon), both on the slice they were drawn on.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fmseg import Box, Point, Prompts, coords
+from fmseg.interactive.scribbles import scribble_points
 
 from . import mrml
 
@@ -42,7 +45,19 @@ def _target_slice(index_pos: np.ndarray, index_neg: np.ndarray, roi: np.ndarray 
     for index in (index_pos, index_neg):
         if len(index):
             return int(index[-1])
-    raise ValueError("place at least one point or an ROI")
+    raise ValueError("place at least one point, curve or an ROI")
+
+
+def _curves(curves, ijk_to_world: np.ndarray, axis: int) -> list[tuple[int, np.ndarray, bool]]:
+    """``(slice, (V, 2) xy, positive)`` of world curves: each on its most common slice."""
+    out = []
+    for world, positive in curves:
+        if len(world) == 0:
+            continue
+        index, xy = coords.slice_position(coords.world_to_array(world, ijk_to_world), axis)
+        values, counts = np.unique(index, return_counts=True)
+        out.append((int(values[np.argmax(counts)]), xy, bool(positive)))
+    return out
 
 
 def slice_prompts(
@@ -52,12 +67,15 @@ def slice_prompts(
     positive: np.ndarray,
     negative: np.ndarray,
     roi_corners: np.ndarray | None = None,
+    scribbles=(),
+    lasso: np.ndarray | None = None,
 ) -> SlicePrompts:
-    """Prompts on one slice from world points and an ROI.
+    """Prompts on one slice from world points, curves and an ROI.
 
-    The slice is the ROI's centre slice, else that of the last positive (then negative) point;
-    points on other slices are counted in :attr:`SlicePrompts.ignored`. The box is the
-    bounding rectangle of the ROI's corners projected onto the slice, clipped to the image.
+    The slice is the ROI's centre slice, else that of the last positive (then negative) point,
+    else the lasso's, else the last scribble's; points and curves on other slices are counted
+    in :attr:`SlicePrompts.ignored`. The box is the bounding rectangle of the ROI's corners
+    projected onto the slice, clipped to the image. Scribble clicks follow the points.
 
     Args:
         ijk_to_world: The volume's voxel -> world matrix.
@@ -66,6 +84,8 @@ def slice_prompts(
         positive: ``(N, 3)`` world points on the object.
         negative: ``(M, 3)`` world points on the background.
         roi_corners: ``(8, 3)`` world corners of a box, or None.
+        scribbles: ``((V, 3) world points, positive)`` of open curves.
+        lasso: ``(V, 3)`` world points of a closed curve, or None.
 
     Raises:
         ValueError: No prompt at all, the slice is outside the volume, or the ROI misses it.
@@ -79,14 +99,27 @@ def slice_prompts(
     if roi_corners is not None:
         corners = coords.world_to_array(np.asarray(roi_corners, dtype=float), ijk_to_world)
     roi_axis = None if corners is None else corners[:, axis]
-    index = _target_slice(index_pts[: len(pos)], index_pts[len(pos) :], roi_axis)
+    curves = _curves(scribbles, ijk_to_world, axis)
+    lassos = _curves(
+        [] if lasso is None else [(np.reshape(lasso, (-1, 3)), True)], ijk_to_world, axis
+    )
+    try:
+        index = _target_slice(index_pts[: len(pos)], index_pts[len(pos) :], roi_axis)
+    except ValueError:
+        if not lassos and not curves:
+            raise
+        index = (lassos or curves)[-1][0]
     if not 0 <= index < shape[axis]:
         raise ValueError(f"the prompts are on slice {index}, outside 0..{shape[axis] - 1}")
     on = index_pts == index
     kept = zip(xy, flags, on, strict=True)
     points = tuple(Point(float(x), float(y), f) for (x, y), f, o in kept if o)
+    for i, path, positive in curves:
+        points += scribble_points(path, positive) if i == index else ()
     box = None if corners is None else _box(corners, axis, shape)
-    return SlicePrompts(axis, index, Prompts(points, box), int((~on).sum()))
+    polygon = next((tuple(map(tuple, v)) for i, v, _ in lassos if i == index), None)
+    off = int((~on).sum()) + sum(i != index for i, _, _ in curves + lassos)
+    return SlicePrompts(axis, index, Prompts(points, box, polygon), off)
 
 
 def _box(corners: np.ndarray, axis: int, shape: tuple[int, int, int]) -> Box:
@@ -101,7 +134,13 @@ def _box(corners: np.ndarray, axis: int, shape: tuple[int, int, int]) -> Box:
 
 
 def prompts_from_markups(
-    volume_node, axis: int, positive_node=None, negative_node=None, roi_node=None
+    volume_node,
+    axis: int,
+    positive_node=None,
+    negative_node=None,
+    roi_node=None,
+    scribble_nodes=(),
+    lasso_node=None,
 ) -> SlicePrompts:
     """Read Markups nodes (main thread) and convert them with :func:`slice_prompts`.
 
@@ -112,12 +151,25 @@ def prompts_from_markups(
             :data:`NEGATIVE_WORDS` count as background.
         negative_node: Point list on the background.
         roi_node: A Markups ROI giving the box.
+        scribble_nodes: Markups curves drawn on the object; one whose description is one of
+            :data:`NEGATIVE_WORDS` is drawn on the background.
+        lasso_node: A Markups closed curve drawn around the object.
     """
     points, descriptions = mrml.control_points(positive_node)
     is_neg = np.array([d.strip().lower() in NEGATIVE_WORDS for d in descriptions], dtype=bool)
     negative = np.concatenate([mrml.control_points(negative_node)[0], points[is_neg]])
     corners = None if roi_node is None else mrml.roi_corners(roi_node)
     shape = tuple(reversed(volume_node.GetImageData().GetDimensions()))
+    scribbles = [
+        (
+            mrml.control_points(n)[0],
+            (n.GetDescription() or "").strip().lower() not in NEGATIVE_WORDS,
+        )
+        for n in scribble_nodes
+        if n is not None
+    ]
+    lasso = None if lasso_node is None else mrml.control_points(lasso_node)[0]
     return slice_prompts(
-        mrml.ijk_to_world(volume_node), shape, axis, points[~is_neg], negative, corners
-    )
+        mrml.ijk_to_world(volume_node), shape, axis, points[~is_neg], negative, corners,
+        scribbles, lasso,
+    )  # fmt: skip
