@@ -30,7 +30,7 @@ def _embeddings_in_memory(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(tmp_path_factory, monkeypatch):
     """fmseg's cache (adapter embeddings, fetched weights) in the test's folder, never online."""
-    monkeypatch.setenv("FMSEG_CACHE", os.fspath(tmp_path / "cache"))
+    monkeypatch.setenv("FMSEG_CACHE", os.fspath(tmp_path_factory.mktemp("fmseg-cache")))
     monkeypatch.setenv("FMSEG_OFFLINE", "1")

@@ -66,7 +66,7 @@ def phantom(scene):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(tmp_path_factory, monkeypatch):
     """fmseg's cache (adapter embeddings, fetched weights) in the test's folder, never online."""
-    monkeypatch.setenv("FMSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FMSEG_CACHE", str(tmp_path_factory.mktemp("fmseg-cache")))
     monkeypatch.setenv("FMSEG_OFFLINE", "1")
