@@ -93,7 +93,9 @@ def build_adapted(
 def make_feeder(model: AdaptedModel, annotations: Sequence[Annotation], settings: TrainSettings):
     """The feeder matching ``model`` (2D slices or 3D patches) for ``annotations``."""
     if isinstance(model, SamAdapted):
-        samples = slice_samples(annotations, model.net.img_size, window=model.window)
+        norm = get_spec(model.base_id).normalisation  # the encoder's input, as at apply time
+        size = model.net.img_size
+        samples = slice_samples(annotations, size, window=model.window, normalisation=norm)
         return SliceFeeder(
             model,
             samples,

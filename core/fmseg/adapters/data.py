@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..interactive.predictor import normalise
 from ..registry import get_spec
 from ..transforms import SliceFrame, prepare_slice
 from ..validation import check_volume
@@ -122,6 +123,7 @@ def slice_samples(
     size: int,
     box_margin: float = 3.0,
     window: WindowLike = None,
+    normalisation: str = "minmax",
 ) -> list[SliceSample]:
     """All annotated slices of ``annotations`` as :class:`SliceSample` (model frame ``size``).
 
@@ -136,7 +138,7 @@ def slice_samples(
             frame = SliceFrame.for_slice(img.shape, sp, size)
             target = _to_frame(np.take(a.labels, s, a.axis) == a.label, frame)
             weight = _to_frame(np.ones(img.shape, bool), frame)
-            x = prepare_slice(img, win, frame)[0]
+            x = normalise(prepare_slice(img, win, frame), normalisation)[0]
             samples.append(SliceSample(x, target, weight, _box(target, box_margin), frame))
     return samples
 

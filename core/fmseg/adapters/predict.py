@@ -8,8 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..interactive.predictor import normalise
 from ..interactive.prompts import Box
 from ..progress import Progress, Work
+from ..registry import get_spec
 from ..transforms import SliceFrame, prepare_slice
 from ..validation import check_volume
 from ..window import WindowLike, intensity_window
@@ -38,7 +40,8 @@ def _embedder(model: SamAdapted):
 
     def plain(img, window, sp):
         frame = SliceFrame.for_slice(img.shape, sp, model.net.img_size)
-        return {"image": prepare_slice(img, window, frame).to(model.device)}, frame
+        x = normalise(prepare_slice(img, window, frame), get_spec(model.base_id).normalisation)
+        return {"image": x.to(model.device)}, frame
 
     return plain
 

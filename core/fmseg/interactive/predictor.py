@@ -16,6 +16,20 @@ _IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 _IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 
 
+def normalise(x: torch.Tensor, normalisation: str) -> torch.Tensor:
+    """A ``(B, 3, S, S)`` min-max model input in [0, 1] as the encoder expects it.
+
+    ``"minmax"`` (LiteMedSAM, MedSAM) keeps it; ``"imagenet"`` (SAM) maps it to 0-255 and
+    applies ImageNet's mean and standard deviation. The one place this rule lives: sessions,
+    adapter training and adapter apply all call it.
+    """
+    if normalisation == "imagenet":
+        return (x * 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
+    if normalisation != "minmax":
+        raise ValueError(f"unknown normalisation '{normalisation}'")
+    return x
+
+
 @dataclass(frozen=True)
 class SliceEmbedding:
     """Image-encoder output for one slice plus the geometry to map prompts and masks.
@@ -89,10 +103,7 @@ class SamPredictor:
         if image.ndim != 2:
             raise ValueError(f"expected a 2D slice (H, W), got shape {image.shape}")
         frame = self.frame(image.shape, spacing)
-        x = prepare_slice(image, window, frame)
-        if self.normalisation == "imagenet":
-            x = (x * 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
-        return x, frame
+        return normalise(prepare_slice(image, window, frame), self.normalisation), frame
 
     @torch.inference_mode()
     def embed_batch(self, inputs: torch.Tensor) -> torch.Tensor:
