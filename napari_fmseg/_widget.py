@@ -20,6 +20,7 @@ import numpy as np
 from magicgui import widgets as mw
 from napari.layers import Image, Labels
 
+from fmseg.device import describe
 from fmseg.interactive.prompts import Prompts
 from fmseg.interactive.session import Session
 from fmseg.progress import Progress, Work
@@ -197,7 +198,8 @@ class SegmentWidget(mw.Container):
         """Show the session's layers; embed all slices in the background, nearest first."""
         self.session, self.image_layer = session, layer
         self._setup_layers(session, layer)
-        self.status.say(f"Ready on '{layer.name}': draw a box or click on the object.")
+        where = describe(session.predictor.device)  # the core says what runs
+        self.status.say(f"Ready on '{layer.name}' ({where}): draw a box or click on the object.")
         self.prefetch.start(session)  # follows the viewed slice; disk cache by content hash
 
     def _setup_layers(self, session: Session, image: Image) -> None:

@@ -81,3 +81,16 @@ def choose_device(requested: str | torch.device | None = None) -> tuple[torch.de
 
 def _cuda(device: torch.device, how: str) -> tuple[torch.device, str]:
     return device, f"running on {device} ({_cuda_name(device.index)}){how}"
+
+
+def describe(device: str | torch.device) -> str:
+    """What runs on an already chosen ``device``, for a front end's status line.
+
+    E.g. ``"cpu, 2 threads"`` or ``"cuda:0 (NVIDIA H200)"``.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    if dev.type == "cpu":
+        return f"cpu, {torch.get_num_threads()} threads"
+    return str(dev)

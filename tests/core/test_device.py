@@ -100,3 +100,10 @@ def test_cli_prints_each_device_line_once(monkeypatch, capsys, tmp_path):
     assert err == [f"fmseg: running on cpu ({torch.get_num_threads()} threads), as asked"]
     load_model("litemedsam", tiny=True, device="cpu")  # outside the CLI: nothing printed
     assert capsys.readouterr().err == ""
+
+
+def test_describe_says_what_runs():
+    from fmseg.device import describe
+
+    assert describe("cpu") == f"cpu, {torch.get_num_threads()} threads"
+    assert describe(torch.device("meta")) == "meta"
