@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_adapters import evaluate
 from bench_incontext import targets_for
 
 from fmseg.adapters import trainer as T
@@ -42,7 +43,6 @@ from fmseg.adapters.bases import AdapterConfig
 from fmseg.adapters.data import Annotation, slice_samples
 from fmseg.adapters.feeders import SliceFeeder
 from fmseg.adapters.trainer import TrainSettings, TrainStep, train_iter
-from fmseg.metrics import dice
 from fmseg.progress import drain
 
 METHODS = (
@@ -83,17 +83,10 @@ class PausableClock:
         return time.perf_counter() - self.paused
 
 
-def score(model, samples, cache, truths) -> float:
-    """Mean per-slice Dice (slice pixels) of ``model`` on ``samples``."""
-    out = []
-    with torch.no_grad():
-        for s, truth in zip(samples, truths, strict=True):
-            batch = {"embedding": cache[id(s)][None]}
-            if model.head_kind == "box":
-                batch["box"] = s.box[None]
-            logits = s.frame.logits_to_slice(model(batch))
-            out.append(dice(logits[0, 0].numpy() > 0, truth))
-    return float(np.mean(out))
+def score(model, data: dict, part: str, cache) -> float:
+    """Mean Dice (4 decimals) on the ``part`` (``"same"`` / ``"cross"``) test samples."""
+    samples, truths = data[part]
+    return round(evaluate(model, samples, cache, truths), 4)
 
 
 def prepare(target: dict, ks: list[int], n_test: int, min_px: int) -> dict:
@@ -155,7 +148,7 @@ def train_one(method, head, data, k, cache, args, snapshots=()) -> dict:
                     {
                         "s": round(clock() - start, 1),
                         "step": step.done,
-                        "cross": round(score(model, data["cross"][0], cache, data["cross"][1]), 4),
+                        "cross": score(model, data, "cross", cache),
                     }
                 )
                 clock.paused += time.perf_counter() - t0
@@ -168,8 +161,8 @@ def train_one(method, head, data, k, cache, args, snapshots=()) -> dict:
         "head": head,
         "arena_l1": cfg.arena_l1 if method == "arena" else None,
         "k": len(samples),
-        "same": round(score(model, data["same"][0], cache, data["same"][1]), 4),
-        "cross": round(score(model, data["cross"][0], cache, data["cross"][1]), 4),
+        "same": score(model, data, "same", cache),
+        "cross": score(model, data, "cross", cache),
         "train_s": round(res.wall_s, 1),
         "steps": res.steps_run,
         "stopped": res.stopped,
@@ -231,8 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
             "cross_slices": data["cross"][2],
             "embed_s_per_slice": round((time.perf_counter() - t0) / len(cache), 3),
             "zero_shot_box": {
-                "same": round(score(frozen, data["same"][0], cache, data["same"][1]), 4),
-                "cross": round(score(frozen, data["cross"][0], cache, data["cross"][1]), 4),
+                "same": score(frozen, data, "same", cache),
+                "cross": score(frozen, data, "cross", cache),
             },
             "runs": [],
         }
