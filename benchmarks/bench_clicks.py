@@ -38,6 +38,7 @@ import torch
 
 from fmseg.interactive.predictor import SamPredictor, SliceEmbedding
 from fmseg.interactive.prompts import Box, Prompts
+from fmseg.interactive.refine import refine_with_clicks
 from fmseg.registry import WEIGHTS_DIR, load_model
 from fmseg.training import clicks as ck
 from fmseg.training.embed_cache import evaluation_keys, load_cached, slice_targets
@@ -109,9 +110,7 @@ def consistent_session(pred, timer, emb, gt, n_clicks, first, box=None) -> list[
         if click is not None:
             prompts = prompts.with_point(click)
             out = timer.run(pred, emb, prompts, out.low_res_logits)
-            mask = out.mask()
-            for pt in prompts.points:
-                mask = ck.refine_with_click(out.prob, mask, pt)
+            mask = refine_with_clicks(out.prob, out.mask(), prompts.points)
         dices.append(ck.dice(mask, gt))
     return dices
 
@@ -246,17 +245,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", type=Path, default=WEIGHTS_DIR / "litemedsam_points.pt")
     p.add_argument("--methods", default=",".join(BASE), help="comma-separated")
     p.add_argument("--clicks", type=int, default=5, help="corrective clicks after the box")
-    p.add_argument("--limit", type=int, default=None, help="targets per group at most")
     p.add_argument("--no-mask-input", action="store_true", help="do not feed logits back")
-    p.add_argument("--threads", type=int, default=1)
+    add_target_arguments(p)
+    run_and_print(run, p.parse_args(argv))
+
+
+def add_target_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared with ``bench_scribbles.py``: targets, LiteMedSAM, threads, output."""
     p.add_argument("--groups", default=",".join(LEGACY_GROUPS), help="comma-separated")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=int, default=None, help="targets per group at most")
     p.add_argument("--base-checkpoint", type=Path, default=None, help="LiteMedSAM tensors")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
+
+
+def run_and_print(run_fn, args: argparse.Namespace) -> None:
+    """Set the threads, run, print the JSON summary (and write it to ``--out`` when given)."""
     torch.set_num_threads(args.threads)
-    summary = run(args)
-    text = json.dumps(summary, indent=1)
+    text = json.dumps(run_fn(args), indent=1)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -33,12 +33,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 from skimage.measure import find_contours
 from skimage.morphology import skeletonize
@@ -51,9 +49,14 @@ from fmseg.registry import WEIGHTS_DIR, load_model
 from fmseg.training import clicks as ck
 
 try:
-    from bench_clicks import LEGACY_GROUPS, load_targets, trained_model
+    from bench_clicks import add_target_arguments, load_targets, run_and_print, trained_model
 except ImportError:  # imported as benchmarks.bench_scribbles
-    from benchmarks.bench_clicks import LEGACY_GROUPS, load_targets, trained_model
+    from benchmarks.bench_clicks import (
+        add_target_arguments,
+        load_targets,
+        run_and_print,
+        trained_model,
+    )
 
 KS = (1, 2, 3, 5, 8)
 START_CLICKS = 3
@@ -217,20 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     """Parse options, run, print JSON (and write it to ``--out`` when given)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points-weights", type=Path, default=WEIGHTS_DIR / "litemedsam_points.pt")
-    p.add_argument("--base-checkpoint", type=Path, default=None, help="LiteMedSAM tensors")
-    p.add_argument("--groups", default=",".join(LEGACY_GROUPS), help="comma-separated")
-    p.add_argument("--limit", type=int, default=None, help="targets per group at most")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    summary = run(args)
-    text = json.dumps(summary, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    add_target_arguments(p)
+    run_and_print(run, p.parse_args(argv))
 
 
 if __name__ == "__main__":
