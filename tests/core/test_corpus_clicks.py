@@ -112,18 +112,18 @@ def test_synthetic_slices_are_in_unit_range_and_reproducible(records):
     assert torch.equal(a, cs.CorpusSlices(records)(key, 64).x)
 
 
-def test_cache_load_and_train_with_tiny_model(records, tmp_path, one_thread):
+def _tiny_cache(records, root, step: int, synth_prob: float):
+    """A tiny seeded LiteMedSAM, the corpus keys and how many it embedded into ``root``."""
     torch.manual_seed(0)
     model = load_model("litemedsam", tiny=True, device="cpu")
-    keys = cs.training_keys(records, step=4, synth_prob=0.5)
-    n = ensure_cached(
-        keys,
-        model.image_encoder,
-        batch=4,
-        root=tmp_path,
-        log=False,
-        inputs=cs.CorpusSlices(records),
-    )
+    keys = cs.training_keys(records, step=step, synth_prob=synth_prob)
+    inputs = cs.CorpusSlices(records)
+    n = ensure_cached(keys, model.image_encoder, batch=4, root=root, log=False, inputs=inputs)
+    return model, keys, n
+
+
+def test_cache_load_and_train_with_tiny_model(records, tmp_path, one_thread):
+    model, keys, n = _tiny_cache(records, tmp_path, step=4, synth_prob=0.5)
     assert n == len(keys) and cs.cached_keys(tmp_path) == sorted(keys, key=lambda k: k.name)
     entry = load_cached(keys[0], tmp_path)
     assert entry.meta["record"] == "toy-ct" and entry.frame.size == 64
@@ -185,17 +185,7 @@ def test_every_round_recipe_trains_and_validates(records, tmp_path, one_thread):
     from fmseg.training import points_recipe as recipe
     from fmseg.training.train_points import split_keys
 
-    torch.manual_seed(0)
-    model = load_model("litemedsam", tiny=True, device="cpu")
-    keys = cs.training_keys(records, step=2, synth_prob=1.0)
-    ensure_cached(
-        keys,
-        model.image_encoder,
-        batch=4,
-        root=tmp_path,
-        log=False,
-        inputs=cs.CorpusSlices(records),
-    )
+    model, keys, _ = _tiny_cache(records, tmp_path, step=2, synth_prob=1.0)
     train, val = split_keys(tmp_path, "corpus", 0.3)
     assert val and train and not {k.name for k in train} & {k.name for k in val}
     sides = {}
