@@ -21,8 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from ..progress import Progress, Work
 from ..weights import cache_dir
 from .accel import weights_key
@@ -164,22 +162,9 @@ class Prefetcher:
         """
         total = self.total
         while chunk := self.next_batch():
-            embed_slices(self.session, chunk)
+            self.session.embed_slices(chunk[0][0], [i for _, i in chunk])
             self.computed += len(chunk)
             done = total - self.remaining()
             a, i = chunk[-1]
             yield Progress(done, total, f"embedded slice {i} along axis {a} ({done}/{total})")
         return self.computed
-
-
-def embed_slices(session: Session, keys: list[tuple[int, int]]) -> None:
-    """Embed slices ``(axis, index)`` of one axis in one encoder call into the session cache."""
-    axis = keys[0][0]
-    predictor, spacing = session.predictor, session.slice_spacing(axis)
-    inputs = [
-        predictor.preprocess(session.slice_image(axis, i), session.window, spacing)[0]
-        for _, i in keys
-    ]
-    feats = predictor.embed_batch(torch.cat(inputs))
-    for (_, i), f in zip(keys, feats, strict=True):
-        session.cache.put(session._key(axis, i), f[None].clone())

@@ -230,6 +230,17 @@ class Session(SessionHistory):
             return emb
         return SliceEmbedding(feats.to(self.predictor.device), frame)
 
+    def embed_slices(self, axis: int, indices: list[int]) -> None:
+        """Embed slices ``indices`` along ``axis`` in one encoder call into the cache."""
+        spacing = self.slice_spacing(axis)
+        inputs = [
+            self.predictor.preprocess(self.slice_image(axis, i), self.window, spacing)[0]
+            for i in indices
+        ]
+        feats = self.predictor.embed_batch(torch.cat(inputs))
+        for i, f in zip(indices, feats, strict=True):
+            self.cache.put(self._key(axis, i), f[None].clone())
+
     def embed_volume_iter(
         self, axis: int, indices: Iterable[int] | None = None, batch: int = 2
     ) -> Work[int]:
@@ -241,15 +252,7 @@ class Session(SessionHistory):
         ]
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            inputs = [
-                self.predictor.preprocess(
-                    self.slice_image(axis, i), self.window, self.slice_spacing(axis)
-                )[0]
-                for i in chunk
-            ]
-            feats = self.predictor.embed_batch(torch.cat(inputs))
-            for i, f in zip(chunk, feats, strict=False):
-                self.cache.put(self._key(axis, i), f[None].clone())
+            self.embed_slices(axis, chunk)
             yield Progress(
                 start + len(chunk), len(todo), f"embedded {start + len(chunk)}/{len(todo)} slices"
             )
