@@ -36,6 +36,16 @@ def jittered_box(t: Target, rng: np.random.Generator, max_px: float = 5.0) -> np
     return np.array([x0 * sx, y0 * sy, max(x1, x0 + 1) * sx, max(y1, y0 + 1) * sy], np.float32)
 
 
+def first_clicks(targets: list[Target], rng: np.random.Generator) -> list[list[Point]]:
+    """One positive click per target: all at the centre, or (half of the steps) all random.
+
+    The random click is at an interior pixel (:func:`fmseg.training.clicks.random_interior_click`).
+    """
+    if rng.random() < 0.5:
+        return [[ck.random_interior_click(t.gt, rng)] for t in targets]
+    return [[ck.first_click(t.gt)] for t in targets]
+
+
 def points_tensor(clicks: list[list[Point]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample click lists -> ``(B, N, 2)`` xy and ``(B, N)`` labels, padded with -1."""
     n = max(1, max(len(c) for c in clicks))
@@ -115,8 +125,7 @@ def iterative_step(model, feats, targets, gt, mode: str, k: int, use_mask: bool,
     if mode != "clicks":
         boxes = torch.from_numpy(np.stack([jittered_box(t, rng) for t in targets])).to(dev)
     if mode == "clicks":
-        first = ck.random_interior_click if rng.random() < 0.5 else None
-        clicks = [[first(t.gt, rng) if first else ck.first_click(t.gt)] for t in targets]
+        clicks = first_clicks(targets, rng)
     else:
         clicks = [[] for _ in targets]
     losses, logits, dice = [], None, None

@@ -43,7 +43,7 @@ from . import corpus_slices as cs
 from . import points_recipe as recipe
 from .corpus import add_data_argument
 from .embed_cache import CACHE_DIR, MIN_PX, CachedSlice, load_cached, slice_targets, training_keys
-from .points_recipe import jittered_box, loss_fn, points_tensor, predicted_masks
+from .points_recipe import first_clicks, jittered_box, loss_fn, points_tensor, predicted_masks
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "litemedsam_points.pt"
 PARTS = ("prompt_encoder.", "mask_decoder.")
@@ -142,8 +142,7 @@ def simulate_prompts(model, feats, targets, mode, k, use_mask, rng):
     if mode == "box":
         return None, boxes, None
     if mode == "clicks":
-        first = ck.random_interior_click if rng.random() < 0.5 else None
-        clicks = [[first(t.gt, rng) if first else ck.first_click(t.gt)] for t in targets]
+        clicks = first_clicks(targets, rng)
         rounds = [1] * (k - 1)
     else:
         clicks = [[] for _ in targets]
